@@ -1,0 +1,20 @@
+"""Glimpse token, VIP and the pruned forward pass for Hugging Face VLMs."""
+
+from .adapter import get_adapter, supported_model_types
+from .config import GlimpseConfig
+from .forward import GlimpseCacheState
+from .glimpse import add_glimpse, glimpse_module, load_glimpse, read_glimpse_config, save_glimpse
+from .pruning import GlimpseResult
+
+__all__ = [
+    "GlimpseCacheState",
+    "GlimpseConfig",
+    "GlimpseResult",
+    "add_glimpse",
+    "get_adapter",
+    "glimpse_module",
+    "load_glimpse",
+    "read_glimpse_config",
+    "save_glimpse",
+    "supported_model_types",
+]

@@ -1,0 +1,156 @@
+"""The glimpse token's embeddings and the Visual token Importance Predictor (VIP); family-agnostic.
+
+The VIP scores every visual token of an image from two inputs:
+- the glimpse read-out: per attention head, the glimpse query's logit against the token's key at layer K;
+- intermediate vision-encoder features of the token, one vision block per VIP block (conditioning).
+Each block is pre-norm conditional self-attention (queries and keys from [x, cond], values from x) with a 2D
+rotary embedding over the token grid, then a SwiGLU feed-forward. Attention is full within one image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GlimpseConfig
+
+
+class GlimpseEmbedding(nn.Module):
+    """Learned vectors e_0..e_K mapped through a shared Linear and RMSNorm.
+
+    e_0 is the glimpse token's input embedding; e_l (1 <= l <= K) is added to its residual stream before layer l.
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, input_scale: float = 1.0, eps: float = 1e-6):
+        super().__init__()
+        self.vectors = nn.Parameter(torch.randn(num_layers + 1, hidden_size) * 0.02)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.input_norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.layer_norm = nn.RMSNorm(hidden_size, eps=eps)
+        with torch.no_grad():
+            # Start at the scale of the base model's token embeddings, and with no per-layer push, so the glimpse
+            # begins as an ordinary-looking token.
+            self.input_norm.weight.fill_(input_scale)
+            self.layer_norm.weight.zero_()
+
+    def input_embedding(self) -> torch.Tensor:
+        """[hidden]"""
+        return self.input_norm(self.proj(self.vectors[0]))
+
+    def layer_embedding(self, layer: int) -> torch.Tensor:
+        """[hidden], added to the glimpse's residual stream before decoder layer `layer` (>= 1)."""
+        return self.layer_norm(self.proj(self.vectors[layer]))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def grid_rotary(
+    rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2D rotary tables: half of each head's rotation pairs follow the row, half the column.
+
+    rows, cols: [images, tokens] (float). Returns cos, sin: [images, 1, tokens, head_dim].
+    """
+    quarter = head_dim // 4
+    inv_freq = 1.0 / (theta ** (torch.arange(quarter, device=rows.device, dtype=torch.float32) / quarter))
+    angles = torch.cat([rows[..., None] * inv_freq, cols[..., None] * inv_freq], dim=-1)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+class VIPBlock(nn.Module):
+    def __init__(self, config: GlimpseConfig, vision_size: int):
+        super().__init__()
+        d, f = config.vip_hidden_size, config.vip_intermediate_size
+        self.num_heads = config.vip_num_heads
+        self.attn_norm = nn.RMSNorm(d)
+        self.cond = nn.Linear(vision_size, d)
+        self.q_proj = nn.Linear(2 * d, d)
+        self.k_proj = nn.Linear(2 * d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.o_proj = nn.Linear(d, d)
+        self.ffn_norm = nn.RMSNorm(d)
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        n_img, n_tok, _ = x.shape
+        return x.view(n_img, n_tok, self.num_heads, -1).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, vision: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """x: [images, tokens, d]; vision: [images, tokens, vision_size]; key_mask: [images, tokens] bool."""
+        h = self.attn_norm(x)
+        qk_in = torch.cat([h, self.cond(vision)], dim=-1)
+        cos, sin = rope
+        q, k, v = self._heads(self.q_proj(qk_in)), self._heads(self.k_proj(qk_in)), self._heads(self.v_proj(h))
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        x = x + self.o_proj(attn.transpose(1, 2).reshape(x.shape))
+        h = self.ffn_norm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class VIP(nn.Module):
+    """Visual token Importance Predictor: one keep logit per visual token."""
+
+    def __init__(self, config: GlimpseConfig, num_readout_heads: int, vision_size: int):
+        super().__init__()
+        d = config.vip_hidden_size
+        self.rope_theta = config.vip_rope_theta
+        self.head_dim = d // config.vip_num_heads
+        self.in_proj = nn.Linear(num_readout_heads, d)
+        self.blocks = nn.ModuleList(VIPBlock(config, vision_size) for _ in range(config.vip_num_blocks))
+        self.out_norm = nn.RMSNorm(d)
+        self.out_proj = nn.Linear(d, 1)
+        with torch.no_grad():
+            self.out_proj.weight.mul_(0.1)
+            self.out_proj.bias.fill_(config.vip_init_bias)
+
+    def forward(
+        self,
+        readout: torch.Tensor,
+        vision: list[torch.Tensor],
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        token_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Score the visual tokens of a padded stack of images.
+
+        readout: [images, tokens, readout_heads]; vision: one [images, tokens, vision_size] per block;
+        rows, cols: [images, tokens] grid coordinates; token_mask: [images, tokens] bool (False = padding).
+        Returns logits [images, tokens] (padding positions are meaningless).
+        """
+        dtype = self.in_proj.weight.dtype
+        x = self.in_proj(readout.to(dtype))
+        cos, sin = grid_rotary(rows.float(), cols.float(), self.head_dim, self.rope_theta)
+        rope = (cos.to(dtype), sin.to(dtype))
+        for block, feats in zip(self.blocks, vision):
+            x = block(x, feats.to(dtype), rope, token_mask)
+        return self.out_proj(self.out_norm(x)).squeeze(-1)
+
+
+class GlimpseModule(nn.Module):
+    """Everything glimpserl adds to a VLM: the glimpse embeddings and the VIP (the only new parameters)."""
+
+    def __init__(
+        self,
+        config: GlimpseConfig,
+        text_hidden_size: int,
+        num_readout_heads: int,
+        vision_size: int,
+        input_scale: float = 1.0,
+    ):
+        super().__init__()
+        if config.layer is None or config.vision_feature_layers is None:
+            raise ValueError("GlimpseModule needs a resolved GlimpseConfig (call config.resolve(...)).")
+        self.config = config
+        self.embedding = GlimpseEmbedding(config.layer, text_hidden_size, input_scale)
+        self.vip = VIP(config, num_readout_heads, vision_size)
