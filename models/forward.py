@@ -71,25 +71,30 @@ def _query(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     return q
 
 
-def glimpse_layer_step(layer, g, prompt_h, prompt_rope, g_rope, prompt_mask, rotary):
-    """Advance the glimpse state g [batch, 1, hidden] through one decoder layer.
+def side_layer_step(layer, x, x_rope, x_mask, prompt_h, prompt_rope, prompt_bias, rotary):
+    """Advance side tokens x [batch, side, hidden] (the glimpse, or a completion) through one decoder layer.
 
-    It attends to the prompt states prompt_h [batch, prompt, hidden] (padding masked by prompt_mask) and itself.
+    They attend to the prompt states prompt_h [batch, prompt, hidden] with an additive per-key bias
+    prompt_bias [batch, prompt] (0 = visible, -inf = hidden, log p = soft keep), and causally to each other
+    (x_mask [batch, side] marks real side tokens). Nothing in the prompt attends to them.
     """
     attn = layer.self_attn
-    x = layer.input_layernorm(g)
-    q = _query(attn, x, *g_rope, rotary)
-    k_g, v_g = _kv(attn, x, *g_rope, rotary)
+    normed = layer.input_layernorm(x)
+    q = _query(attn, normed, *x_rope, rotary)
+    k_x, v_x = _kv(attn, normed, *x_rope, rotary)
     k_p, v_p = _kv(attn, layer.input_layernorm(prompt_h), *prompt_rope, rotary)
-    groups = q.shape[1] // k_g.shape[1]
-    k = torch.cat([k_p, k_g], dim=2).repeat_interleave(groups, dim=1)
-    v = torch.cat([v_p, v_g], dim=2).repeat_interleave(groups, dim=1)
-    allowed = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(prompt_mask.shape[0], 1).bool()], dim=1)
-    scores = (q @ k.transpose(-1, -2)).float() * attn.scaling
-    scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
-    out = (scores.softmax(-1).to(v.dtype) @ v).transpose(1, 2).reshape(g.shape[0], 1, -1)
-    g = g + attn.o_proj(out)
-    return g + layer.mlp(layer.post_attention_layernorm(g))
+    groups = q.shape[1] // k_x.shape[1]
+    k = torch.cat([k_p, k_x], dim=2).repeat_interleave(groups, dim=1)
+    v = torch.cat([v_p, v_x], dim=2).repeat_interleave(groups, dim=1)
+    side = x.shape[1]
+    eye = torch.eye(side, dtype=torch.bool, device=x.device)
+    causal = (torch.ones_like(eye).tril() & x_mask.bool()[:, None, :]) | eye
+    side_bias = torch.zeros(causal.shape, device=x.device).masked_fill(~causal, float("-inf"))
+    bias = torch.cat([prompt_bias.float()[:, None, :].expand(-1, side, -1), side_bias], dim=-1)
+    scores = (q @ k.transpose(-1, -2)).float() * attn.scaling + bias[:, None]
+    out = (scores.softmax(-1).to(v.dtype) @ v).transpose(1, 2).reshape(x.shape[0], side, -1)
+    x = x + attn.o_proj(out)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
 def glimpse_readout(layer, g, prompt_h, prompt_rope, g_rope, prompt_mask, rotary, readout: str) -> torch.Tensor:
@@ -109,10 +114,6 @@ def glimpse_readout(layer, g, prompt_h, prompt_rope, g_rope, prompt_mask, rotary
         masked = scores.masked_fill(~prompt_mask.bool()[:, None, :], float("-inf"))
         scores = scores - torch.logsumexp(torch.cat([masked, self_score], dim=-1), dim=-1, keepdim=True)
     return scores
-
-
-def _slice_rope(rope: tuple[torch.Tensor, torch.Tensor], end: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return rope[0][:, :end], rope[1][:, :end]
 
 
 def _vip_logits(glimpse: GlimpseModule, readout: torch.Tensor, inputs: GlimpseInputs) -> torch.Tensor:
@@ -165,6 +166,61 @@ class GlimpseCacheState:
     """[batch] rotary position of the first generated token (last prompt position + 1, unpruned)."""
 
 
+def _run_layers(text_model, layer_range, h, mask, rope, cache, use_cache, **kwargs) -> torch.Tensor:
+    for idx in layer_range:
+        h = text_model.layers[idx](
+            h, attention_mask=mask, position_embeddings=rope, past_key_values=cache, use_cache=use_cache, **kwargs
+        )
+    return h
+
+
+def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_inputs, **kwargs):
+    """Layers 0..K on the prompt columns, the glimpse beside them, and its read-out at layer K.
+
+    Returns (prompt states after layer K, the per-layer inputs if keep_inputs, read-out [batch, heads, prompt]).
+    """
+    cfg = glimpse.config
+    h = inputs.inputs_embeds[:, :prompt]
+    attention_mask = inputs.attention_mask[:, :prompt]
+    positions = inputs.position_ids[:, :, :prompt]
+    mask = create_causal_mask(
+        config=text_model.config, inputs_embeds=h, attention_mask=attention_mask, past_key_values=cache
+    )
+    rope = text_model.rotary_emb(h, positions)
+    g_rope = text_model.rotary_emb(h, positions[:, :, -1:] + 1)
+    g_bias = torch.zeros(attention_mask.shape, device=h.device).masked_fill(attention_mask == 0, float("-inf"))
+    g_mask = attention_mask.new_ones(h.shape[0], 1)
+    g = glimpse.embedding.input_embedding().to(h.dtype).expand(h.shape[0], 1, -1)
+    saved = []
+    for idx in range(cfg.layer + 1):
+        layer = text_model.layers[idx]
+        if idx > 0:
+            g = g + glimpse.embedding.layer_embedding(idx).to(h.dtype)
+        if keep_inputs:
+            saved.append(h)
+        if idx < cfg.layer:
+            g = side_layer_step(layer, g, g_rope, g_mask, h, rope, g_bias, rotary)
+        else:
+            readout = glimpse_readout(layer, g, h, rope, g_rope, attention_mask, rotary, cfg.readout)
+        h = _run_layers(text_model, [idx], h, mask, rope, cache, use_cache, **kwargs)
+    return h, saved, rope, readout
+
+
+def _decide(glimpse, inputs, readout, mode, keep, keep_prob_fn, prompt):
+    """Keep decision over all columns: (hard keep [batch, seq] bool, keep probability [batch, seq], VIP logits)."""
+    visual = inputs.visual_mask
+    seq = visual.shape[1]
+    logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
+    if keep is not None:
+        keep = torch.where(visual, keep[:, :seq].to(visual.device).bool(), torch.ones_like(visual))
+    elif mode == "mask" and keep_prob_fn is not None:
+        keep_prob = torch.where(visual, keep_prob_fn(logits, visual), torch.ones_like(logits))
+        return keep_prob > 0.5, keep_prob, logits
+    else:
+        keep = decide_keep(logits.detach(), visual, inputs.segments, glimpse.config)
+    return keep, keep.to(logits.dtype), logits
+
+
 def pruned_decoder_forward(
     text_model: nn.Module,
     glimpse: GlimpseModule,
@@ -182,101 +238,76 @@ def pruned_decoder_forward(
 
     keep: optional [batch, >= prompt] bool, a keep decision to reuse instead of the VIP's (visual columns only).
     keep_prob_fn: masked mode only, turns VIP logits into keep probabilities (default: the hard decision).
-    prompt_length: columns of the prompt; later columns (a completion) are not seen by the glimpse.
+    prompt_length: columns of the prompt when a completion follows (a training / log-prob pass). The completion
+    then sees in every layer exactly what generation would have shown it: the kept prompt tokens only (layers
+    0..K as side tokens, layers K+1.. in the short sequence). Such a pass fills no cache.
     Hidden states are [batch, kept_len, hidden] in prune mode and [batch, seq, hidden] in masked mode.
     """
-    cfg = glimpse.config
-    h, attention_mask, position_ids = inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids
-    batch, seq, _ = h.shape
-    k_layer = cfg.layer
+    k_layer = glimpse.config.layer
+    attention_mask, position_ids, visual = inputs.attention_mask, inputs.position_ids, inputs.visual_mask
+    seq = attention_mask.shape[1]
     prompt = prompt_length or seq
+    if prompt < seq:
+        use_cache, past_key_values = False, None
     if mode == "mask" and use_cache:
         raise ValueError("glimpse_mode='mask' is a training mode and cannot fill a generation cache.")
     if use_cache and past_key_values is None:
         past_key_values = DynamicCache(config=text_model.config)
+    cache = past_key_values if use_cache else None
 
-    mask = create_causal_mask(
-        config=text_model.config,
-        inputs_embeds=h,
-        attention_mask=attention_mask,
-        past_key_values=past_key_values,
-        position_ids=None,
+    h, saved, prompt_rope, readout = _prompt_with_glimpse(
+        text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, **kwargs
     )
-    rope = text_model.rotary_emb(h, position_ids)
-    next_position = position_ids[:, :, prompt - 1 : prompt] + 1
-    g_rope = text_model.rotary_emb(h, next_position)
-    prompt_rope = _slice_rope(rope, prompt)
+    keep, keep_prob, logits = _decide(glimpse, inputs, readout, mode, keep, keep_prob_fn, prompt)
     prompt_mask = attention_mask[:, :prompt]
-    g = glimpse.embedding.input_embedding().to(h.dtype).expand(batch, 1, -1)
-    layers = text_model.layers
-    for idx in range(k_layer + 1):
-        if idx > 0:
-            g = g + glimpse.embedding.layer_embedding(idx).to(h.dtype)
-        if idx < k_layer:
-            g = glimpse_layer_step(layers[idx], g, h[:, :prompt], prompt_rope, g_rope, prompt_mask, rotary)
-        else:
-            readout = glimpse_readout(
-                layers[idx], g, h[:, :prompt], prompt_rope, g_rope, prompt_mask, rotary, cfg.readout
+    if mode == "prune":
+        keep[:, :prompt] &= prompt_mask.bool()  # prompt padding goes too; it is not text
+
+    completion = inputs.inputs_embeds[:, prompt:]
+    completion_positions = position_ids[:, :, prompt:]
+    if prompt < seq:
+        prompt_bias = key_bias(keep_prob[:, :prompt], visual[:, :prompt]).masked_fill(prompt_mask == 0, float("-inf"))
+        completion_rope = text_model.rotary_emb(completion, completion_positions)
+        for idx in range(k_layer + 1):
+            completion = side_layer_step(
+                text_model.layers[idx],
+                completion,
+                completion_rope,
+                attention_mask[:, prompt:],
+                saved[idx],
+                prompt_rope,
+                prompt_bias,
+                rotary,
             )
-        h = layers[idx](
-            h,
-            attention_mask=mask,
-            position_embeddings=rope,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            **kwargs,
-        )
 
-    readout = torch.nn.functional.pad(readout, (0, seq - prompt))
-    logits = _vip_logits(glimpse, readout, inputs)
-    visual = inputs.visual_mask
-    if keep is not None:
-        keep = torch.where(visual, keep[:, :seq].to(visual.device).bool(), torch.ones_like(visual))
-    elif mode != "mask" or keep_prob_fn is None:
-        keep = decide_keep(logits.detach(), visual, inputs.segments, cfg)
-
+    result = GlimpseResult(visual, keep, logits, _counts(inputs), _kept_counts(keep, inputs.segments))
     if mode == "mask":
-        keep_prob = keep_prob_fn(logits, visual) if keep_prob_fn is not None and keep is None else keep.float()
-        keep_prob = torch.where(visual, keep_prob, torch.ones_like(keep_prob))
-        hard = keep if keep is not None else keep_prob > 0.5
-        result = GlimpseResult(visual, hard, logits, _counts(inputs), _kept_counts(hard, inputs.segments))
         result.keep_prob = keep_prob
+        h = torch.cat([h, completion], dim=1)
         mask = _masked_attention_bias(attention_mask, key_bias(keep_prob, visual), h.dtype)
     else:
-        # Prompt padding goes too (it is not text); columns after the prompt (a right-padded completion) stay so
-        # that every row's tail remains aligned.
-        prompt_pad = torch.zeros_like(keep)
-        prompt_pad[:, :prompt] = attention_mask[:, :prompt] == 0
-        keep = keep & ~prompt_pad
-        index, valid = pruned_layout(keep)
-        result = GlimpseResult(visual, keep, logits, _counts(inputs), _kept_counts(keep, inputs.segments), index)
-        h = gather_columns(h, index, dim=1)
-        position_ids = position_ids.gather(2, index[None].expand(position_ids.shape[0], -1, -1))
-        attention_mask = attention_mask.gather(1, index) * valid
-        if past_key_values is not None:
-            gather_cache_layers(past_key_values, range(k_layer + 1), index)
+        index, valid = pruned_layout(keep[:, :prompt])
+        h = torch.cat([gather_columns(h, index, dim=1), completion], dim=1)
+        tail = torch.arange(prompt, seq, device=index.device).expand(index.shape[0], -1)
+        result.kept_index = torch.cat([index, tail], dim=1)
+        kept_positions = position_ids.gather(2, index[None].expand(position_ids.shape[0], -1, -1))
+        position_ids = torch.cat([kept_positions, completion_positions], dim=2)
+        attention_mask = torch.cat([prompt_mask.gather(1, index) * valid, attention_mask[:, prompt:]], dim=1)
+        if cache is not None:
+            gather_cache_layers(cache, range(k_layer + 1), index)
         mask = create_causal_mask(
             config=text_model.config,
             inputs_embeds=h,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=None,
+            past_key_values=cache,
             layer_idx=k_layer + 1,
         )
-        rope = text_model.rotary_emb(h, position_ids)
-
-    for idx in range(k_layer + 1, len(layers)):
-        h = layers[idx](
-            h,
-            attention_mask=mask,
-            position_embeddings=rope,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            **kwargs,
-        )
+    rope = text_model.rotary_emb(h, position_ids)
+    h = _run_layers(text_model, range(k_layer + 1, len(text_model.layers)), h, mask, rope, cache, use_cache, **kwargs)
     h = text_model.norm(h)
-    if past_key_values is not None and mode == "prune":
-        past_key_values.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position[0, :, 0].clone())
+    if cache is not None:
+        next_position = inputs.position_ids[0, :, prompt - 1] + 1
+        cache.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position)
     return h, result, past_key_values
 
 

@@ -1,0 +1,24 @@
+"""Shared test inputs: images and chat prompts through the real processor."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+
+def image(width: int, height: int, seed: int = 0) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def prompt(processor, question: str, n_images: int = 1) -> str:
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def batch(processor, questions: list[str], images: list[list[Image.Image]]) -> dict:
+    texts = [prompt(processor, q, len(imgs)) for q, imgs in zip(questions, images)]
+    flat = [img for imgs in images for img in imgs]
+    return dict(processor(text=texts, images=flat, return_tensors="pt", padding=True))
+

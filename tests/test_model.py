@@ -1,0 +1,267 @@
+"""The pruned Qwen2-VL / Qwen2.5-VL model: exactness, pruning, generation, masked mode, checkpoints, bad input."""
+
+import pytest
+import torch
+from helpers import batch, image
+
+from glimpserl.models import GlimpseConfig, add_glimpse, load_glimpse, save_glimpse
+from glimpserl.models.tiny import build_tiny_model
+
+FAMILIES = ["qwen2_5_vl", "qwen2_vl"]
+
+
+def _processor(request, family):
+    return request.getfixturevalue("tiny_processor" if family == "qwen2_5_vl" else "tiny_qwen2_processor")
+
+
+def _ragged(processor):
+    return batch(
+        processor,
+        ["What colour is the square?", "Which digit is written in the box on the left?"],
+        [[image(112, 112, 0)], [image(84, 168, 1)]],
+    )
+
+
+def _glimpse_model(family, seed=0, **config):
+    return add_glimpse(build_tiny_model(family, seed=seed).eval(), GlimpseConfig(**config))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_all_matches_vanilla_logits_and_generation(request, family):
+    processor = _processor(request, family)
+    inputs = _ragged(processor)
+    model = build_tiny_model(family, seed=0).eval()
+    with torch.no_grad():
+        ref = model(**inputs).logits[:, -1]
+        ref_gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    add_glimpse(model, GlimpseConfig(threshold=0.0))
+    with torch.no_grad():
+        out = model(**inputs)
+        gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.glimpse.keep_ratio.tolist() == [1.0, 1.0]
+    assert (out.logits[:, -1] - ref).abs().max() <= 1e-4
+    assert torch.equal(gen, ref_gen)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capped_prune_shrinks_kv_cache_to_text_plus_kept(request, family):
+    processor = _processor(request, family)
+    inputs = _ragged(processor)
+    model = _glimpse_model(family, max_keep_ratio=0.25)
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+    result = out.glimpse
+    visual = result.num_visual
+    kept = result.num_kept
+    assert torch.equal(kept, (visual * 0.25).long())
+    text = (inputs["attention_mask"].bool() & ~result.visual_mask).sum(1)
+    assert out.past_key_values.get_seq_length() == int((text + kept).max())
+    for layer in out.past_key_values.layers:
+        assert layer.keys.shape[2] == int((text + kept).max())
+    # The per-image stats add up and say the same thing.
+    stats = result.stats()
+    assert [s["kept_tokens"] for s in stats] == kept.tolist()
+    assert [sum(i["visual_tokens"] for i in s["images"]) for s in stats] == visual.tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ragged_pruned_generation_equals_each_sample_alone(request, family):
+    processor = _processor(request, family)
+    questions = ["What colour is the square?", "Which digit is written in the box on the left?"]
+    images = [[image(112, 112, 0)], [image(84, 168, 1)]]
+    model = _glimpse_model(family, max_keep_ratio=0.25)
+    inputs = batch(processor, questions, images)
+    with torch.no_grad():
+        together = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    width = inputs["input_ids"].shape[1]
+    for i in range(2):
+        alone = batch(processor, [questions[i]], [images[i]])
+        with torch.no_grad():
+            single = model.generate(**alone, max_new_tokens=8, do_sample=False)
+        assert torch.equal(single[0, alone["input_ids"].shape[1] :], together[i, width:])
+
+
+def test_hard_masked_mode_equals_physical_removal(tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.3)
+    with torch.no_grad():
+        pruned = model(**inputs)
+        masked = model(**inputs, glimpse_mode="mask")
+    index = pruned.glimpse.kept_index
+    valid = pruned.glimpse.keep_mask.gather(1, index)
+    assert torch.equal(masked.glimpse.keep_mask, pruned.glimpse.keep_mask | ~inputs["attention_mask"].bool())
+    gathered = masked.logits.gather(1, index[..., None].expand(-1, -1, masked.logits.shape[-1]))
+    assert (gathered - pruned.logits)[valid].abs().max() <= 1e-4
+
+
+def test_threshold_and_min_keep(tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", threshold=0.99, min_keep=3)
+    with torch.no_grad():
+        logits = model(**inputs).glimpse
+    # With the initial VIP bias (sigmoid(2) ~ 0.88) nothing passes 0.99, so each image keeps exactly min_keep.
+    assert logits.num_kept.tolist() == [3, 3]
+
+
+def test_training_forward_with_completion_matches_generation(tiny_processor):
+    """The log-prob pass (prompt + completion in one forward) sees what generation saw, token for token."""
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.25)
+    prompt_len = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        gen = model.generate(
+            **inputs, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+        full = dict(inputs)
+        full["input_ids"] = gen.sequences
+        full["attention_mask"] = torch.cat(
+            [inputs["attention_mask"], torch.ones_like(gen.sequences[:, prompt_len:])], dim=1
+        )
+        full.pop("mm_token_type_ids", None)
+        out = model(**full, glimpse_prompt_length=prompt_len)
+    step_logits = out.logits[:, -7:-1]
+    scores = torch.stack(gen.scores, dim=1)
+    assert (step_logits - scores).abs().max() <= 1e-4
+    assert torch.equal(out.glimpse.keep_mask[:, :prompt_len], gen.past_key_values.glimpse_state.result.keep_mask)
+
+
+def test_reused_keep_mask_is_applied(tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl")
+    with torch.no_grad():
+        first = model(**inputs, glimpse_keep=None).glimpse
+    keep = torch.zeros_like(first.keep_mask)
+    keep[first.visual_mask.cumsum(1) <= 2] = True  # the first two visual tokens of each sample
+    with torch.no_grad():
+        again = model(**inputs, glimpse_keep=keep).glimpse
+    assert again.num_kept.tolist() == [2, 2]
+
+
+def test_soft_masked_mode_trains_the_vip(tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl")
+    out = model(**inputs, glimpse_mode="mask", glimpse_keep_prob_fn=lambda logits, visual: torch.sigmoid(logits))
+    out.logits[:, -1].logsumexp(-1).sum().backward()
+    vip_grads = [p.grad for p in model.model.glimpse.parameters() if p.grad is not None]
+    assert vip_grads and any(g.abs().sum() > 0 for g in vip_grads)
+    assert out.glimpse.keep_prob.requires_grad
+
+
+def test_two_images_per_sample(tiny_processor):
+    inputs = batch(
+        tiny_processor,
+        ["Compare the two pictures.", "What is shown?"],
+        [[image(56, 112, 2), image(112, 56, 3)], [image(84, 84, 4)]],
+    )
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.5)
+    with torch.no_grad():
+        out = model(**inputs)
+        gen = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert [len(s["images"]) for s in out.glimpse.stats()] == [2, 1]
+    for sample in out.glimpse.stats():
+        for img in sample["images"]:
+            assert img["kept_tokens"] == max(1, int(0.5 * img["visual_tokens"]))
+    assert gen.shape == (2, inputs["input_ids"].shape[1] + 4)
+
+
+def test_calls_in_a_row_do_not_leak_state(tiny_processor):
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.25)
+    a = batch(tiny_processor, ["What colour is the square?"], [[image(112, 112, 0)]])
+    b = batch(tiny_processor, ["Which digit is in the box?"], [[image(168, 84, 5)]])
+    with torch.no_grad():
+        first_b = model.generate(**b, max_new_tokens=5, do_sample=False)
+        model.generate(**a, max_new_tokens=5, do_sample=False)
+        second_b = model.generate(**b, max_new_tokens=5, do_sample=False)
+    assert torch.equal(first_b, second_b)
+
+
+def test_labels_follow_the_pruned_layout(tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.25)
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        out = model(**inputs, labels=labels)
+    index = out.glimpse.kept_index
+    shifted = labels.gather(1, index)[:, 1:]
+    valid = out.glimpse.keep_mask.gather(1, index)[:, 1:] & (shifted != -100)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1][valid], shifted[valid])
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+
+
+def test_save_and_load_glimpse_round_trip(tmp_path, tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", seed=0, max_keep_ratio=0.4, layer=1)
+    with torch.no_grad():
+        for p in model.model.glimpse.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        before = model(**inputs)
+    save_glimpse(model, tmp_path / "g")
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["glimpse.safetensors", "glimpse_config.json"]
+    fresh = load_glimpse(build_tiny_model("qwen2_5_vl", seed=0).eval(), tmp_path / "g")
+    with torch.no_grad():
+        after = fresh(**inputs)
+    assert fresh.model.glimpse.config.layer == 1
+    assert torch.equal(before.glimpse.keep_mask, after.glimpse.keep_mask)
+    assert torch.allclose(before.logits, after.logits, atol=1e-6)
+
+
+def test_save_pretrained_keeps_the_base_checkpoint_clean(tmp_path):
+    model = _glimpse_model("qwen2_5_vl")
+    model.save_pretrained(tmp_path / "base")
+    reloaded = type(build_tiny_model("qwen2_5_vl")).from_pretrained(tmp_path / "base")
+    assert not any("glimpse" in name for name, _ in reloaded.named_parameters())
+    assert reloaded.config.architectures == ["Qwen2_5_VLForConditionalGeneration"]
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_image_less_prompt_is_a_clear_error(tiny_processor):
+    model = _glimpse_model("qwen2_5_vl")
+    text = tiny_processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "Hello?"}]}], add_generation_prompt=True
+    )
+    inputs = dict(tiny_processor(text=[text], return_tensors="pt"))
+    with pytest.raises(ValueError, match="no image"):
+        model.generate(**inputs, max_new_tokens=2)
+    with torch.no_grad():  # the escape hatch for text-only use
+        model(**inputs, glimpse_mode="off")
+
+
+def test_unsupported_model_family_is_a_clear_error():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2))
+    with pytest.raises(ValueError, match=r"does not support model_type 'llama'.*qwen2_5_vl"):
+        add_glimpse(llama)
+
+
+def test_glimpse_from_a_different_base_is_a_clear_error(tmp_path):
+    model = _glimpse_model("qwen2_5_vl")
+    save_glimpse(model, tmp_path / "g")
+    other = build_tiny_model("qwen2_5_vl", text_hidden=64)
+    with pytest.raises(ValueError, match="different base model.*text_hidden_size: checkpoint 128 vs model 64"):
+        load_glimpse(other, tmp_path / "g")
+
+
+def test_prompt_cut_through_image_tokens_is_a_clear_error(tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl")
+    image_id = model.config.image_token_id
+    cut = dict(inputs)
+    ids = inputs["input_ids"].clone()
+    first = (ids[0] == image_id).nonzero()[0, 0]
+    ids[0, first] = 0  # one image token lost, as a truncation through the image would do
+    cut["input_ids"] = ids
+    with pytest.raises(ValueError, match="image tokens do not match"):
+        model(**cut)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="max_keep_ratio"):
+        GlimpseConfig(max_keep_ratio=1.5)
+    with pytest.raises(ValueError, match="threshold"):
+        GlimpseConfig(threshold=1.0)
+    model = build_tiny_model("qwen2_5_vl")
+    with pytest.raises(ValueError, match="layer=3 is outside"):
+        add_glimpse(model, GlimpseConfig(layer=3))
