@@ -1,0 +1,124 @@
+"""The selector contract, the name registry, and helpers shared by every training-free selector.
+
+A selector sees the visual tokens of ONE image and returns a boolean keep mask `[n]` with exactly
+`keep` True entries. It never touches the model: the pruned forward gathers whatever signals the
+selector `needs` (`attn_last`, `vision_attn`), calls `select`, and removes the dropped tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+SIGNALS = frozenset({"attn_last", "vision_attn"})
+"""Optional per-token signals a selector can ask for in `needs`."""
+
+
+@runtime_checkable
+class TokenSelector(Protocol):
+    """Chooses which visual tokens of one image survive.
+
+    `needs` names the optional signals (a subset of `SIGNALS`) that `select` requires; the caller
+    must pass those, and may pass `None` for the others.
+    """
+
+    needs: frozenset[str]
+
+    def select(
+        self,
+        *,
+        features: Tensor,
+        keep: int,
+        attn_last: Tensor | None = None,
+        vision_attn: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """features `[n, d]` (after the projector), attn_last `[n]` (attention from the last prompt token
+        at layer K, head-averaged), vision_attn `[n]` (attention received inside the vision encoder).
+        Returns a bool mask `[n]` on `features.device` with exactly `keep` True (0 < keep <= n)."""
+        ...
+
+
+SELECTORS: dict[str, type] = {}
+"""Selector name -> class. Filled by `register_selector`; read by `build_selector`."""
+
+
+def register_selector(name: str) -> Callable[[type], type]:
+    """Class decorator adding a selector to `SELECTORS`; a second class under the same name is an error."""
+
+    def wrap(cls: type) -> type:
+        if name in SELECTORS:
+            raise ValueError(f"selector {name!r} is already registered ({SELECTORS[name].__qualname__})")
+        unknown = set(getattr(cls, "needs", ())) - SIGNALS
+        if unknown:
+            raise ValueError(f"selector {name!r} needs unknown signals {sorted(unknown)}; valid: {sorted(SIGNALS)}")
+        SELECTORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_selector(name: str, **params: object) -> TokenSelector:
+    """Instantiate the selector registered as `name`; unknown names and parameters fail here, not mid-run."""
+    if name not in SELECTORS:
+        raise ValueError(f"unknown token selector {name!r}; valid names: {', '.join(sorted(SELECTORS))}")
+    cls = SELECTORS[name]
+    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
+    for key in params:
+        if key not in accepted:
+            raise ValueError(
+                f"selector {name!r} has no parameter {key!r}; valid parameters: {', '.join(accepted) or '(none)'}"
+            )
+    return cls(**params)
+
+
+def keep_count(n: int, keep_ratio: float | None = None, budget: int | None = None) -> int:
+    """How many of `n` visual tokens to keep: give exactly one of `keep_ratio` (fraction in (0, 1],
+    rounded half up) or `budget` (a token count >= 1). The result is clamped to [1, n]."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (number of visual tokens) must be an int >= 1, got {n!r}")
+    if (keep_ratio is None) == (budget is None):
+        raise ValueError("give exactly one of keep_ratio (fraction in (0, 1]) or budget (token count >= 1)")
+    if keep_ratio is not None:
+        if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
+            raise ValueError(f"keep_ratio must be in (0, 1] (0 excluded, 1 included), got {keep_ratio!r}")
+        count = math.floor(n * keep_ratio + 0.5)
+    else:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be an int >= 1, got {budget!r}")
+        count = budget
+    return max(1, min(n, count))
+
+
+def check_inputs(selector: object, features: Tensor, keep: int, **signals: Tensor | None) -> None:
+    """Shared argument checks: features `[n, d]`, 0 < keep <= n, every needed signal present with shape `[n]`."""
+    if features.dim() != 2 or features.shape[0] == 0:
+        raise ValueError(f"features must be [n, d] with n >= 1, got shape {tuple(features.shape)}")
+    n = features.shape[0]
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 0 < keep <= n:
+        raise ValueError(f"keep must be an int in [1, {n}] for {n} visual tokens, got {keep!r}")
+    for name in getattr(selector, "needs", ()):
+        value = signals.get(name)
+        if value is None:
+            raise ValueError(f"{type(selector).__name__} needs {name} (a [n] tensor), got None")
+        if value.shape != (n,):
+            raise ValueError(f"{name} must have shape [{n}] to match features, got {tuple(value.shape)}")
+
+
+def top_k_mask(scores: Tensor, keep: int) -> Tensor:
+    """Bool mask `[n]` of the `keep` largest scores; equal scores go to the lower index (stable sort)."""
+    order = torch.sort(scores, descending=True, stable=True).indices[:keep]
+    mask = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    mask[order] = True
+    return mask
+
+
+def cosine_similarity_matrix(features: Tensor) -> Tensor:
+    """`[n, d]` -> `[n, n]` cosine similarities in float32 (a zero vector has similarity 0 to everything)."""
+    unit = torch.nn.functional.normalize(features.float(), dim=-1)
+    return unit @ unit.T
