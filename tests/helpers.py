@@ -21,4 +21,3 @@ def batch(processor, questions: list[str], images: list[list[Image.Image]]) -> d
     texts = [prompt(processor, q, len(imgs)) for q, imgs in zip(questions, images)]
     flat = [img for imgs in images for img in imgs]
     return dict(processor(text=texts, images=flat, return_tensors="pt", padding=True))
-

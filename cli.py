@@ -1,0 +1,134 @@
+"""The `glimpserl` command: one subcommand per job; `glimpserl SUBCOMMAND --help` explains each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_QUESTION_SEED = 0
+
+
+def _add_visualize(subparsers) -> None:
+    p = subparsers.add_parser(
+        "visualize",
+        help="Show which visual tokens the glimpse keeps for an image and a question (writes a PNG).",
+        description="Run the pruned model on one image + question, generate an answer, and write a PNG in which the "
+        "visual tokens dropped after layer K are dimmed. With no arguments it uses the built-in tiny model and a "
+        "built-in synthetic image (an untrained VIP unless --glimpse is given).",
+    )
+    p.add_argument("--model", default="builtin:tiny-qwen2_5_vl", help="Base model: a folder, hub id or builtin:...")
+    p.add_argument("--glimpse", default=None, help="Folder with trained glimpse weights (from training or export).")
+    p.add_argument("--image", default=None, help="Image file. Default: a built-in synthetic image.")
+    p.add_argument("--question", default=None, help="Question about the image. Default: the built-in one.")
+    p.add_argument("--threshold", type=float, default=None, help="Keep threshold on sigmoid(VIP logit).")
+    p.add_argument("--max-keep-ratio", type=float, default=None, help="Cap on the kept fraction of visual tokens.")
+    p.add_argument("--max-pixels", type=int, default=28 * 28 * 256, help="Upper bound on image pixels.")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="Length of the generated answer.")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="Model dtype.")
+    p.add_argument("--out", default="outputs/visualize.png", help="Where to write the PNG.")
+    p.set_defaults(run=_run_visualize)
+
+
+def _run_visualize(args) -> int:
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from .models import GlimpseConfig, add_glimpse, load_glimpse
+    from .models.loading import load_model, load_processor
+    from .models.visualize import image_keep_masks, render_keep_mask, token_grids
+    from .rl.synth import make_sample
+
+    if args.image is None:
+        sample = make_sample(DEFAULT_QUESTION_SEED, "test", 0, image_size=448)
+        image, question = sample.image, args.question or sample.question
+    else:
+        image = Image.open(args.image).convert("RGB")
+        question = args.question or "Describe the image."
+    processor = load_processor(args.model, max_pixels=args.max_pixels)
+    model = load_model(args.model, dtype=args.dtype)
+    if args.glimpse:
+        load_glimpse(model, args.glimpse)
+    else:
+        print("note: no --glimpse given, so the VIP is untrained and the kept tokens are arbitrary.", file=sys.stderr)
+        add_glimpse(model, GlimpseConfig())
+    config = model.model.glimpse.config
+    overrides = {"threshold": args.threshold, "max_keep_ratio": args.max_keep_ratio}
+    model.model.glimpse.config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True
+        )
+    answer = processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+    result = out.past_key_values.glimpse_state.result
+    stats = result.stats()[0]
+    grids = token_grids(inputs["image_grid_thw"], model.model.visual.spatial_merge_size)
+    keep = image_keep_masks(result, 0, grids)[0]
+    caption = (
+        f"Q: {question}\nA: {answer.strip()}\nkept {stats['kept_tokens']} of {stats['visual_tokens']} visual tokens "
+        f"({100 * stats['keep_ratio']:.1f}%), layer K={config.layer}"
+    )
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    render_keep_mask(image, keep, caption).save(out_path)
+    print(json.dumps({"question": question, "answer": answer, **stats, "png": str(out_path)}, indent=2))
+    return 0
+
+
+def _add_data(subparsers) -> None:
+    from .rl.synth import add_synth_arguments
+
+    p = subparsers.add_parser("data", help="Build datasets (the built-in synthetic glimpse VQA set).")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser(
+        "synth",
+        help="Write the synthetic glimpse VQA dataset (images + train/test JSONL with answers and boxes).",
+        description="High-resolution images whose answer lives in a small region (a coloured shape, a digit or a "
+        "word among distractors), with the question, the exact answer and the region's box. Deterministic by seed.",
+    )
+    add_synth_arguments(synth)
+    synth.set_defaults(run=_run_synth)
+
+
+def _run_synth(args) -> int:
+    from .rl.synth import parse_image_size, write_synth
+
+    size = parse_image_size(args.image_size)
+    out = write_synth(args.out, args.n_train, args.n_test, size, args.seed, overwrite=args.overwrite)
+    print(f"wrote {args.n_train} train + {args.n_test} test samples ({size[0]}x{size[1]}) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glimpserl",
+        description="glimpserl: train vision-language models that glimpse before they read (dynamic visual-token "
+        "pruning with a glimpse token and a VIP, on TRL).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_visualize(subparsers)
+    _add_data(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        # Bad input (a missing file, a recipe typo, a bad row): say what is wrong, not where in our code.
+        if os.environ.get("GLIMPSERL_DEBUG"):
+            raise
+        print(f"glimpserl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
