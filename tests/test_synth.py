@@ -1,0 +1,121 @@
+"""The synthetic glimpse dataset: deterministic, answerable only from the boxed region, loadable."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from glimpserl.rl.synth import COLOURS, KINDS, TARGET_AREA, draw_object, make_sample, synth_main, write_synth
+
+SIZE = 112
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    return write_synth(tmp_path_factory.mktemp("synth"), n_train=9, n_test=3, image_size=SIZE, seed=0)
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_same_seed_gives_identical_files(synth_dir, tmp_path):
+    again = write_synth(tmp_path / "again", n_train=9, n_test=3, image_size=SIZE, seed=0)
+    for name in ("train.jsonl", "test.jsonl", "dataset.json"):
+        assert (again / name).read_bytes() == (synth_dir / name).read_bytes(), name
+    for image in (synth_dir / "images").iterdir():
+        assert (again / "images" / image.name).read_bytes() == image.read_bytes(), image.name
+
+
+def test_other_seed_differs_and_splits_are_disjoint(synth_dir, tmp_path):
+    other = write_synth(tmp_path / "other", n_train=9, n_test=3, image_size=SIZE, seed=1)
+    assert (other / "train.jsonl").read_bytes() != (synth_dir / "train.jsonl").read_bytes()
+    images = {
+        split: {p.read_bytes() for p in (synth_dir / "images").glob(f"{split}_*.png")} for split in ("train", "test")
+    }
+    assert len(images["train"]) == 9 and len(images["test"]) == 3
+    assert not images["train"] & images["test"]
+
+
+def test_rows_are_well_formed(synth_dir):
+    card = json.loads((synth_dir / "dataset.json").read_text())
+    assert card["counts"] == {"train": 9, "test": 3} and card["box_format"] == "xyxy_pixel" and card["seed"] == 0
+    train = _rows(synth_dir / "train.jsonl")
+    assert {row["kind"] for row in train} == set(KINDS)
+    for row in train + _rows(synth_dir / "test.jsonl"):
+        assert row["answer"] and " " not in row["answer"]
+        with Image.open(synth_dir / row["image"]) as image:
+            width, height = image.size
+        assert (width, height) == (SIZE, SIZE)
+        [[x0, y0, x1, y1]] = row["boxes"]
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        assert TARGET_AREA[0] * 0.8 <= (x1 - x0) * (y1 - y0) / (width * height) <= TARGET_AREA[1] * 1.2
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_box_covers_the_target_and_only_it(index):
+    sample = make_sample(seed=3, split="train", index=index, image_size=(160, SIZE))
+    target = sample.target
+    assert sample.image.size == (160, SIZE)
+    # Drawn alone on a blank canvas, the target's ink fills its box edge to edge and never leaves it.
+    canvas = Image.new("RGB", sample.image.size, (0, 0, 0))
+    draw_object(ImageDraw.Draw(canvas), target)
+    assert canvas.getbbox() == target.box
+    # No distractor overlaps the target, and none answers to the same description.
+    for other in sample.objects[1:]:
+        ox0, oy0, ox1, oy1 = other.box
+        assert ox1 <= target.box[0] or target.box[2] <= ox0 or oy1 <= target.box[1] or target.box[3] <= oy0
+        if sample.kind == "colour":
+            assert other.shape != target.shape
+        else:
+            assert (other.shape, other.colour) != (target.shape, target.colour)
+            assert other.label != target.label
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_answer_is_visible_in_the_box(index):
+    sample = make_sample(seed=5, split="test", index=index, image_size=SIZE)
+    target = sample.target
+    if sample.kind == "colour":
+        assert sample.answer == target.colour and target.shape in sample.question
+        crop = np.asarray(sample.image.crop(target.box), dtype=np.float32)
+        distance = np.abs(crop - np.array(COLOURS[sample.answer], dtype=np.float32)).max(axis=-1)
+        assert (distance < 40).mean() > 0.25  # a triangle fills about half its box; noise is sigma 6
+    else:
+        assert sample.answer == target.label
+        assert target.colour in sample.question
+        crop = np.asarray(sample.image.crop(target.box).convert("L"), dtype=np.float32)
+        assert crop.std() > 20  # text was drawn inside
+
+
+def test_cli_writes_files_and_refuses_to_clobber(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["--out", str(out), "--n-train", "3", "--n-test", "2", "--image-size", "128x96", "--seed", "7"]
+    assert synth_main(argv) == 0
+    assert len(_rows(out / "train.jsonl")) == 3 and len(_rows(out / "test.jsonl")) == 2
+    assert len(list((out / "images").glob("*.png"))) == 5
+    assert json.loads((out / "dataset.json").read_text())["image_size"] == {"width": 128, "height": 96}
+    with pytest.raises(SystemExit) as err:
+        synth_main(argv)
+    assert err.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert synth_main([*argv, "--overwrite", "--n-train", "1"]) == 0
+    assert len(list((out / "images").glob("train_*.png"))) == 1  # stale images from the bigger run are gone
+    with pytest.raises(SystemExit) as err:
+        synth_main(["--help"])
+    assert err.value.code == 0 and "--image-size" in capsys.readouterr().out
+
+
+def test_bad_sizes_fail_with_advice():
+    with pytest.raises(ValueError, match="at least"):
+        write_synth("/nonexistent-never-written", image_size=32)
+    with pytest.raises(SystemExit):
+        synth_main(["--out", "/tmp/x", "--image-size", "big"])
+
+
+def test_synth_set_loads_with_the_data_loader(synth_dir):
+    from glimpserl.rl.data import DataConfig, load_vqa
+
+    dataset, report = load_vqa(DataConfig(dataset=str(synth_dir / "test.jsonl")))
+    assert len(dataset) == 3 and report.rows_skipped == 0
+    assert dataset[0]["boxes"] == [[float(v) for v in _rows(synth_dir / "test.jsonl")[0]["boxes"][0]]]
