@@ -14,6 +14,7 @@ Prefill with images:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -27,8 +28,10 @@ from .pruning import GlimpseResult, decide_keep, gather_cache_layers, gather_col
 from .vip import GlimpseModule
 
 GlimpseMode = Literal["prune", "mask", "off"]
-KeepProbFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(vip_logits [batch, seq], visual_mask [batch, seq]) -> keep probability [batch, seq] for masked mode."""
+MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(vip_logits [batch, seq], visual_mask [batch, seq]) -> additive key bias [batch, seq] for masked mode: the log
+keep-probability of each visual token (0 = keep, very negative = drop). A relaxation returns it directly so that,
+e.g., a straight-through estimator can be exact in value and smooth in gradient."""
 
 
 @dataclass
@@ -206,19 +209,22 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     return h, saved, rope, readout
 
 
-def _decide(glimpse, inputs, readout, mode, keep, keep_prob_fn, prompt):
-    """Keep decision over all columns: (hard keep [batch, seq] bool, keep probability [batch, seq], VIP logits)."""
+def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt):
+    """Keep decision over all columns: (hard keep [batch, seq] bool, key bias [batch, seq], VIP logits).
+
+    The key bias is the additive log-mask on visual keys (0 / -inf for a hard decision, 0 on text).
+    """
     visual = inputs.visual_mask
     seq = visual.shape[1]
     logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
     if keep is not None:
         keep = torch.where(visual, keep[:, :seq].to(visual.device).bool(), torch.ones_like(visual))
-    elif mode == "mask" and keep_prob_fn is not None:
-        keep_prob = torch.where(visual, keep_prob_fn(logits, visual), torch.ones_like(logits))
-        return keep_prob > 0.5, keep_prob, logits
+    elif mode == "mask" and mask_fn is not None:
+        bias = torch.where(visual, mask_fn(logits, visual), torch.zeros_like(logits))
+        return bias > -math.log(2.0), bias, logits
     else:
         keep = decide_keep(logits.detach(), visual, inputs.segments, glimpse.config)
-    return keep, keep.to(logits.dtype), logits
+    return keep, key_bias(keep.float(), visual), logits
 
 
 def pruned_decoder_forward(
@@ -230,14 +236,14 @@ def pruned_decoder_forward(
     use_cache: bool = False,
     mode: GlimpseMode = "prune",
     keep: torch.Tensor | None = None,
-    keep_prob_fn: KeepProbFn | None = None,
+    mask_fn: MaskFn | None = None,
     prompt_length: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, GlimpseResult, object]:
     """Run the decoder with the glimpse; returns (last hidden states after the final norm, result, cache).
 
     keep: optional [batch, >= prompt] bool, a keep decision to reuse instead of the VIP's (visual columns only).
-    keep_prob_fn: masked mode only, turns VIP logits into keep probabilities (default: the hard decision).
+    mask_fn: masked mode only, turns VIP logits into the key bias (default: the hard decision, 0 / -inf).
     prompt_length: columns of the prompt when a completion follows (a training / log-prob pass). The completion
     then sees in every layer exactly what generation would have shown it: the kept prompt tokens only (layers
     0..K as side tokens, layers K+1.. in the short sequence). Such a pass fills no cache.
@@ -258,7 +264,7 @@ def pruned_decoder_forward(
     h, saved, prompt_rope, readout = _prompt_with_glimpse(
         text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, **kwargs
     )
-    keep, keep_prob, logits = _decide(glimpse, inputs, readout, mode, keep, keep_prob_fn, prompt)
+    keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt)
     prompt_mask = attention_mask[:, :prompt]
     if mode == "prune":
         keep[:, :prompt] &= prompt_mask.bool()  # prompt padding goes too; it is not text
@@ -266,7 +272,7 @@ def pruned_decoder_forward(
     completion = inputs.inputs_embeds[:, prompt:]
     completion_positions = position_ids[:, :, prompt:]
     if prompt < seq:
-        prompt_bias = key_bias(keep_prob[:, :prompt], visual[:, :prompt]).masked_fill(prompt_mask == 0, float("-inf"))
+        prompt_bias = bias[:, :prompt].masked_fill(prompt_mask == 0, float("-inf"))
         completion_rope = text_model.rotary_emb(completion, completion_positions)
         for idx in range(k_layer + 1):
             completion = side_layer_step(
@@ -282,9 +288,9 @@ def pruned_decoder_forward(
 
     result = GlimpseResult(visual, keep, logits, _counts(inputs), _kept_counts(keep, inputs.segments))
     if mode == "mask":
-        result.keep_prob = keep_prob
+        result.keep_prob = bias.exp()
         h = torch.cat([h, completion], dim=1)
-        mask = _masked_attention_bias(attention_mask, key_bias(keep_prob, visual), h.dtype)
+        mask = _masked_attention_bias(attention_mask, bias, h.dtype)
     else:
         index, valid = pruned_layout(keep[:, :prompt])
         h = torch.cat([gather_columns(h, index, dim=1), completion], dim=1)

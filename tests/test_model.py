@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import batch, image
 
 from glimpserl.models import GlimpseConfig, add_glimpse, load_glimpse, save_glimpse
@@ -140,7 +141,7 @@ def test_reused_keep_mask_is_applied(tiny_processor):
 def test_soft_masked_mode_trains_the_vip(tiny_processor):
     inputs = _ragged(tiny_processor)
     model = _glimpse_model("qwen2_5_vl")
-    out = model(**inputs, glimpse_mode="mask", glimpse_keep_prob_fn=lambda logits, visual: torch.sigmoid(logits))
+    out = model(**inputs, glimpse_mode="mask", glimpse_mask_fn=lambda logits, visual: F.logsigmoid(logits))
     out.logits[:, -1].logsumexp(-1).sum().backward()
     vip_grads = [p.grad for p in model.model.glimpse.parameters() if p.grad is not None]
     assert vip_grads and any(g.abs().sum() > 0 for g in vip_grads)

@@ -8,7 +8,7 @@ Outer model (`...ForConditionalGeneration`): the vanilla head, plus `output.glim
 pruned layout.
 
 Extra forward keywords (all optional): glimpse_mode ("prune" | "mask" | "off"), glimpse_keep ([batch, seq] bool to
-reuse a keep decision), glimpse_keep_prob_fn (masked mode relaxation), glimpse_prompt_length (int: columns of the
+reuse a keep decision), glimpse_mask_fn (masked mode: VIP logits -> log keep-probability, the relaxation used in training), glimpse_prompt_length (int: columns of the
 prompt when a completion follows it).
 """
 
@@ -52,7 +52,7 @@ class GlimpseInnerMixin:
         mm_token_type_ids=None,
         glimpse_mode="prune",
         glimpse_keep=None,
-        glimpse_keep_prob_fn=None,
+        glimpse_mask_fn=None,
         glimpse_prompt_length=None,
         **kwargs,
     ):
@@ -109,7 +109,7 @@ class GlimpseInnerMixin:
             use_cache=use_cache,
             mode=glimpse_mode,
             keep=glimpse_keep,
-            keep_prob_fn=glimpse_keep_prob_fn,
+            mask_fn=glimpse_mask_fn,
             prompt_length=glimpse_prompt_length,
             **kwargs,
         )
