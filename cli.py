@@ -40,7 +40,7 @@ def _run_visualize(args) -> int:
 
     from .models import GlimpseConfig, add_glimpse, load_glimpse
     from .models.loading import load_model, load_processor
-    from .models.visualize import image_keep_masks, render_keep_mask, token_grids
+    from .models.visualize import render_keep_mask
     from .rl.synth import make_sample
 
     if args.image is None:
@@ -69,8 +69,7 @@ def _run_visualize(args) -> int:
     answer = processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
     result = out.past_key_values.glimpse_state.result
     stats = result.stats()[0]
-    grids = token_grids(inputs["image_grid_thw"], model.model.visual.spatial_merge_size)
-    keep = image_keep_masks(result, 0, grids)[0]
+    keep = result.image_values(result.keep_mask, 0)[0]
     caption = (
         f"Q: {question}\nA: {answer.strip()}\nkept {stats['kept_tokens']} of {stats['visual_tokens']} visual tokens "
         f"({100 * stats['keep_ratio']:.1f}%), layer K={config.layer}"
@@ -106,6 +105,33 @@ def _run_synth(args) -> int:
     return 0
 
 
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="Train from a recipe YAML (stage 1 VIP distillation; stage 2 GRPO later).",
+        description="Run a recipe: `glimpserl train RECIPE.yaml [--key value ...]`. Every recipe key can be "
+        "overridden on the command line; unknown keys are errors. `glimpserl train RECIPE.yaml --help-keys` lists "
+        "the keys of the recipe's stage with their help. Resume with --resume_from_checkpoint last.",
+    )
+    p.add_argument("recipe", help="Recipe YAML, e.g. recipes/tiny/vip.yaml.")
+    p.add_argument("--help-keys", action="store_true", help="List every key the recipe's stage accepts.")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding the recipe.")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .rl import train
+
+    if args.help_keys:
+        from trl import TrlParser
+
+        from .rl.recipe import read_recipe, stage_classes
+
+        TrlParser(stage_classes(read_recipe(args.recipe).get("stage", "vip"))).print_help()
+        return 0
+    return train.main([args.recipe, *args.overrides])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glimpserl",
@@ -113,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pruning with a glimpse token and a VIP, on TRL).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(subparsers)
     _add_visualize(subparsers)
     _add_data(subparsers)
     return parser

@@ -56,6 +56,8 @@ class GlimpseInputs:
     """[images, tokens] bool, False on padding."""
     segments: list[list[tuple[int, int]]]
     """Per sample, (start, end) columns of each image, in the same order as the images dimension."""
+    grids: list[tuple[int, int]]
+    """(rows, cols) of each image's visual-token grid, images in order."""
 
 
 def _kv(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
@@ -193,12 +195,12 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     g_rope = text_model.rotary_emb(h, positions[:, :, -1:] + 1)
     g_bias = torch.zeros(attention_mask.shape, device=h.device).masked_fill(attention_mask == 0, float("-inf"))
     g_mask = attention_mask.new_ones(h.shape[0], 1)
-    g = glimpse.embedding.input_embedding().to(h.dtype).expand(h.shape[0], 1, -1)
+    g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1)
     saved = []
     for idx in range(cfg.layer + 1):
         layer = text_model.layers[idx]
         if idx > 0:
-            g = g + glimpse.embedding.layer_embedding(idx).to(h.dtype)
+            g = g + glimpse.embedding(idx).to(h.dtype)
         if keep_inputs:
             saved.append(h)
         if idx < cfg.layer:
@@ -287,6 +289,7 @@ def pruned_decoder_forward(
             )
 
     result = GlimpseResult(visual, keep, logits, _counts(inputs), _kept_counts(keep, inputs.segments))
+    result.image_grids = _per_sample(inputs.grids, inputs.segments)
     if mode == "mask":
         result.keep_prob = bias.exp()
         h = torch.cat([h, completion], dim=1)
@@ -315,6 +318,14 @@ def pruned_decoder_forward(
         next_position = inputs.position_ids[0, :, prompt - 1] + 1
         cache.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position)
     return h, result, past_key_values
+
+
+def _per_sample(items: list, segments: list[list[tuple[int, int]]]) -> list[list]:
+    out, i = [], 0
+    for runs in segments:
+        out.append(items[i : i + len(runs)])
+        i += len(runs)
+    return out
 
 
 def _counts(inputs: GlimpseInputs) -> list[list[int]]:

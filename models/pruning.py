@@ -37,6 +37,14 @@ class GlimpseResult:
     """Prune mode: [batch, kept_len] column of each position of the pruned sequence (see `pruned_layout`)."""
     keep_prob: torch.Tensor | None = None
     """Masked mode: [batch, seq] keep probability applied to each visual key in layers after K (1 elsewhere)."""
+    image_grids: list[list[tuple[int, int]]] | None = None
+    """Per sample, the (rows, cols) token grid of each image (row-major order of its visual tokens)."""
+
+    def image_values(self, values: torch.Tensor, sample: int) -> list[torch.Tensor]:
+        """Split a [batch, seq] tensor's visual entries of one sample into one [rows, cols] grid per image."""
+        flat = values[sample][self.visual_mask[sample]]
+        chunks = torch.split(flat, self.image_tokens[sample])
+        return [chunk.view(*grid) for chunk, grid in zip(chunks, self.image_grids[sample])]
 
     @property
     def num_visual(self) -> torch.Tensor:

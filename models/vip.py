@@ -34,13 +34,13 @@ class GlimpseEmbedding(nn.Module):
             self.input_norm.weight.fill_(input_scale)
             self.layer_norm.weight.zero_()
 
-    def input_embedding(self) -> torch.Tensor:
-        """[hidden]"""
-        return self.input_norm(self.proj(self.vectors[0]))
+    def forward(self, layer: int) -> torch.Tensor:
+        """[hidden]: the glimpse's input embedding (layer 0) or the vector added before decoder layer `layer` >= 1.
 
-    def layer_embedding(self, layer: int) -> torch.Tensor:
-        """[hidden], added to the glimpse's residual stream before decoder layer `layer` (>= 1)."""
-        return self.layer_norm(self.proj(self.vectors[layer]))
+        A forward (not a plain method) so that ZeRO-3 gathers `vectors` before it is read.
+        """
+        projected = self.proj(self.vectors[layer])
+        return self.input_norm(projected) if layer == 0 else self.layer_norm(projected)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

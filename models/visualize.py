@@ -7,20 +7,6 @@ import textwrap
 import torch
 from PIL import Image, ImageDraw
 
-from .pruning import GlimpseResult
-
-
-def token_grids(image_grid_thw: torch.Tensor, merge_size: int) -> list[tuple[int, int]]:
-    """(rows, cols) of the visual-token grid of each image."""
-    return [(h // merge_size, w // merge_size) for _, h, w in image_grid_thw.tolist()]
-
-
-def image_keep_masks(result: GlimpseResult, sample: int, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """Keep masks [rows, cols] (bool) for each image of one sample, in order."""
-    keep = result.keep_mask[sample][result.visual_mask[sample]]
-    sizes = result.image_tokens[sample]
-    return [chunk.view(*grid) for chunk, grid in zip(torch.split(keep.cpu(), sizes), grids)]
-
 
 def render_keep_mask(image: Image.Image, keep: torch.Tensor, caption: str = "", dim: float = 0.25) -> Image.Image:
     """The image with dropped token cells darkened to `dim` brightness and a caption strip underneath."""

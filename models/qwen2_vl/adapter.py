@@ -134,6 +134,7 @@ class Qwen2VLAdapter(VLMAdapter):
             grid_cols=cols,
             image_token_mask=token_mask,
             segments=segments,
+            grids=[(h // merge, w // merge) for _, h, w in image_grid_thw.tolist()],
         )
 
 

@@ -1,0 +1,72 @@
+"""Batching VQA samples for the glimpse: left-padded prompts, right-padded answers, one shared prompt boundary.
+
+TRL's VLM collator flushes padding left, which moves each sample's prompt end to a different column; the pruned
+forward needs the prompt to end at the same column for every sample (`glimpse_prompt_length`), exactly the layout
+TRL's GRPOTrainer uses for prompt + completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class GlimpseCollator:
+    """Turn conversational samples (`prompt`, `images`, `answer`, optional `boxes`) into a training batch.
+
+    Output: input_ids / attention_mask / labels [batch, prompt + answer] (labels -100 outside the answer),
+    pixel_values, image_grid_thw, mm_token_type_ids, `prompt_length` (int), and per sample the image sizes and
+    boxes (pixels of the original image) for the box loss.
+    """
+
+    processor: Any
+    max_answer_tokens: int = 32
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        tokenizer = self.processor.tokenizer
+        prompts = [
+            self.processor.apply_chat_template(example["prompt"], add_generation_prompt=True) for example in examples
+        ]
+        images = [image for example in examples for image in example["images"]]
+        batch = self.processor(text=prompts, images=images, return_tensors="pt", padding=True, padding_side="left")
+        answers = [_first_answer(example) + _end_of_turn(tokenizer) for example in examples]
+        answer = tokenizer(
+            answers,
+            add_special_tokens=False,
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=self.max_answer_tokens,
+            return_tensors="pt",
+        )
+        prompt_length = batch["input_ids"].shape[1]
+        labels = answer["input_ids"].masked_fill(answer["attention_mask"] == 0, -100)
+        out = dict(batch)
+        out["input_ids"] = torch.cat([batch["input_ids"], answer["input_ids"]], dim=1)
+        out["attention_mask"] = torch.cat([batch["attention_mask"], answer["attention_mask"]], dim=1)
+        out["labels"] = torch.cat([torch.full_like(batch["input_ids"], -100), labels], dim=1)
+        if "mm_token_type_ids" in batch:
+            out["mm_token_type_ids"] = torch.cat(
+                [batch["mm_token_type_ids"], torch.zeros_like(answer["input_ids"])], dim=1
+            )
+        out["prompt_length"] = prompt_length
+        out["image_sizes"] = [[image.size for image in example["images"]] for example in examples]
+        out["boxes"] = [list(example.get("boxes") or []) for example in examples]
+        return out
+
+
+def _first_answer(example: dict[str, Any]) -> str:
+    answer = example.get("answer")
+    if isinstance(answer, (list, tuple)):
+        answer = answer[0] if answer else ""
+    if not answer:
+        raise ValueError(f"Sample {example.get('source_row', '?')} has no answer to distil on.")
+    return str(answer)
+
+
+def _end_of_turn(tokenizer) -> str:
+    # The answer ends the assistant turn the way generation would (Qwen: <|im_end|>), so the stop is distilled too.
+    return tokenizer.eos_token or ""

@@ -1,0 +1,118 @@
+"""Run configuration: dataclasses parsed from a recipe YAML plus `--key value` overrides (TrlParser style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl import SFTConfig
+
+from ..models import GlimpseConfig
+
+
+@dataclass
+class ModelArguments:
+    """The base VLM and the glimpse attached to it."""
+
+    model_name_or_path: str = field(
+        default="builtin:tiny-qwen2_5_vl",
+        metadata={"help": "Base VLM: a local folder, a hub id, or builtin:tiny-qwen2_5_vl / builtin:tiny-qwen2_vl."},
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="float32", metadata={"help": "Dtype the base model is loaded in (bfloat16 on GPUs)."}
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: sdpa, eager or flash_attention_2. Stage 1 trains in masked mode, which "
+            "needs sdpa or eager (a 4D mask)."
+        },
+    )
+    glimpse_init: str | None = field(
+        default=None, metadata={"help": "Folder with glimpse weights to start from (else a fresh glimpse + VIP)."}
+    )
+    glimpse_layer: int | None = field(
+        default=None, metadata={"help": "Layer K whose attention the glimpse reads (default: ~0.65 of the depth)."}
+    )
+    glimpse_threshold: float = field(default=0.5, metadata={"help": "Keep when sigmoid(VIP logit) > threshold."})
+    glimpse_max_keep_ratio: float | None = field(
+        default=None, metadata={"help": "Optional cap on the kept fraction of each image's visual tokens."}
+    )
+    glimpse_min_keep: int = field(default=1, metadata={"help": "Each image keeps at least this many tokens."})
+    vip_hidden_size: int = field(default=256, metadata={"help": "VIP width."})
+    vip_intermediate_size: int = field(default=512, metadata={"help": "VIP feed-forward width."})
+    vip_num_blocks: int = field(default=4, metadata={"help": "VIP blocks."})
+    vip_num_heads: int = field(default=4, metadata={"help": "VIP attention heads."})
+    seed_model: int = field(default=0, metadata={"help": "Seed of a built-in tiny model's random weights."})
+
+    def glimpse_config(self) -> GlimpseConfig:
+        return GlimpseConfig(
+            layer=self.glimpse_layer,
+            threshold=self.glimpse_threshold,
+            max_keep_ratio=self.glimpse_max_keep_ratio,
+            min_keep=self.glimpse_min_keep,
+            vip_hidden_size=self.vip_hidden_size,
+            vip_intermediate_size=self.vip_intermediate_size,
+            vip_num_blocks=self.vip_num_blocks,
+            vip_num_heads=self.vip_num_heads,
+        )
+
+
+@dataclass
+class VIPTrainingConfig(SFTConfig):
+    """Stage 1 (VIP distillation): TRL's SFTConfig plus the loss terms. Defaults follow the reference recipe
+    (AdamW lr 1e-4, cosine, 10% warm-up, 1 epoch)."""
+
+    kl_weight: float = field(default=1.0, metadata={"help": "Weight of KL(unpruned teacher || pruned student)."})
+    sparsity: Literal["target", "penalty"] = field(
+        default="target",
+        metadata={"help": "target: (mean keep prob - target_keep_ratio)^2; penalty: mean keep prob."},
+    )
+    target_keep_ratio: float = field(default=0.2, metadata={"help": "Keep ratio the target sparsity pulls to."})
+    sparsity_weight: float = field(default=1.0, metadata={"help": "Weight of the sparsity term."})
+    box_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the box loss (Dice + BCE on token cells under `boxes`); 0 = off."}
+    )
+    box_dice_weight: float = field(default=1.0, metadata={"help": "Dice share of the box loss."})
+    box_bce_weight: float = field(default=0.1, metadata={"help": "BCE share of the box loss."})
+    lm_weight: float = field(default=0.0, metadata={"help": "Weight of the pruned student's answer cross-entropy."})
+    relaxation: Literal["straight_through", "gumbel", "sigmoid"] = field(
+        default="straight_through",
+        metadata={"help": "Differentiable keep mask: straight_through (hard forward), gumbel (soft) or sigmoid."},
+    )
+    relaxation_temperature: float = field(default=1.0, metadata={"help": "Temperature of the relaxation."})
+    max_answer_tokens: int = field(default=32, metadata={"help": "Answers are truncated to this many tokens."})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Held-out data for the final glimpse evaluation (same formats as `dataset`)."},
+    )
+    eval_split: str = field(default="train", metadata={"help": "Split of eval_dataset to read."})
+    eval_max_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many rows."})
+    synth_train: int = field(default=200, metadata={"help": "Rows of the built-in synthetic train split."})
+    synth_test: int = field(default=50, metadata={"help": "Rows of the built-in synthetic test split."})
+    synth_image_size: int = field(default=448, metadata={"help": "Side of the built-in synthetic images (px)."})
+
+    # TRL / transformers defaults that do not fit stage 1.
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (glimpse + VIP only)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps for linear warm-up."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep answer/boxes columns: the collator and losses need them."}
+    )
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes turn it on)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint (steps, epoch, no)."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("kl_weight", "sparsity_weight", "box_weight", "lm_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 < self.target_keep_ratio <= 1.0:
+            raise ValueError(f"target_keep_ratio must be in (0, 1], got {self.target_keep_ratio}.")
+        if self.relaxation_temperature <= 0:
+            raise ValueError(f"relaxation_temperature must be > 0, got {self.relaxation_temperature}.")

@@ -1,0 +1,110 @@
+"""Stage-1 losses and the differentiable keep-mask relaxations; pure functions on tensors."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Relaxation = Literal["straight_through", "gumbel", "sigmoid"]
+HARD_DROP = -1.0e4  # additive key bias of a dropped token: exp(-1e4) == 0 in every float format we train in
+
+
+def mask_fn(relaxation: Relaxation, temperature: float = 1.0, threshold: float = 0.5, generator=None):
+    """The masked-mode key-bias function: VIP logits [batch, seq] -> log keep-probability [batch, seq].
+
+    straight_through: hard keep/drop in value (a token is kept when logit + logistic noise passes the threshold,
+      as at inference), gradient of the Gumbel-sigmoid log-probability;
+    gumbel: the soft Gumbel-sigmoid (binary concrete) log-probability;
+    sigmoid: log sigmoid(logit / temperature), no noise.
+    """
+    cut = math.log(threshold / (1.0 - threshold))
+
+    def fn(logits: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        if relaxation == "sigmoid":
+            return F.logsigmoid((logits - cut) / temperature)
+        u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
+        noisy = logits - cut + torch.log(u) - torch.log1p(-u)
+        soft = F.logsigmoid(noisy / temperature)
+        if relaxation == "gumbel":
+            return soft
+        hard = torch.where(noisy > 0, torch.zeros_like(soft), torch.full_like(soft, HARD_DROP))
+        return hard + soft - soft.detach()
+
+    if relaxation not in ("straight_through", "gumbel", "sigmoid"):
+        raise ValueError(f"relaxation must be straight_through, gumbel or sigmoid, got {relaxation!r}.")
+    return fn
+
+
+def answer_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over answer tokens of KL(teacher || student) of the next-token distributions.
+
+    logits: [batch, seq, vocab] aligned on the same columns; labels: [batch, seq], -100 outside the answer.
+    The distribution at column t predicts label t+1.
+    """
+    target = labels[:, 1:] != -100
+    t = F.log_softmax(teacher_logits[:, :-1][target].float(), dim=-1)
+    s = F.log_softmax(student_logits[:, :-1][target].float(), dim=-1)
+    if t.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+def answer_nll(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens (the optional LM loss of the pruned student)."""
+    return F.cross_entropy(
+        student_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="mean"
+    )
+
+
+def sparsity_loss(
+    keep_prob: torch.Tensor, visual: torch.Tensor, mode: Literal["target", "penalty"], target: float
+) -> torch.Tensor:
+    """Pressure on the mean keep probability of each sample's visual tokens, averaged over the batch.
+
+    target: (mean - target)^2 pulls the keep ratio to `target` from either side;
+    penalty: the mean itself (scaled by its weight outside), pushing towards dropping.
+    keep_prob, visual: [batch, seq].
+    """
+    per_sample = (keep_prob * visual).sum(1) / visual.sum(1).clamp(min=1)
+    if mode == "target":
+        return ((per_sample - target) ** 2).mean()
+    if mode == "penalty":
+        return per_sample.mean()
+    raise ValueError(f"sparsity mode must be 'target' or 'penalty', got {mode!r}.")
+
+
+def box_targets(boxes: list[list[float]], image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """[rows, cols] float: 1 for token cells whose centre lies inside any box (pixels of the original image).
+
+    A box smaller than a cell still marks the cell holding its centre, so no box is ever invisible.
+    """
+    width, height = image_size
+    rows, cols = grid
+    cy = (torch.arange(rows, dtype=torch.float32) + 0.5) * height / rows
+    cx = (torch.arange(cols, dtype=torch.float32) + 0.5) * width / cols
+    target = torch.zeros(rows, cols)
+    for x0, y0, x1, y1 in boxes:
+        inside = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
+        target = torch.maximum(target, inside.float())
+        r = min(int((y0 + y1) / 2 * rows / height), rows - 1)
+        c = min(int((x0 + x1) / 2 * cols / width), cols - 1)
+        target[r, c] = 1.0
+    return target
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor, dice_weight: float, bce_weight: float) -> torch.Tensor:
+    """Dice loss on sigmoid(logits) plus weighted binary cross-entropy, over one image's tokens (flat tensors)."""
+    prob = torch.sigmoid(logits.float())
+    dice = 1.0 - (2.0 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target)
+    return dice_weight * dice + bce_weight * bce
+
+
+def recall_precision(keep: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """Box recall (target cells kept / target cells) and precision (kept cells on target / kept cells)."""
+    keep, target = keep.bool().flatten(), target.bool().flatten()
+    hit = (keep & target).sum().item()
+    return hit / max(target.sum().item(), 1), hit / max(keep.sum().item(), 1)

@@ -1,0 +1,66 @@
+"""Recipes: a flat YAML of config keys (plus `stage`), overridable with `--key value` on the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from trl import TrlParser
+
+STAGES = ("vip", "grpo")
+
+
+@dataclass
+class RecipeArguments:
+    stage: Literal["vip", "grpo"] = field(
+        default="vip", metadata={"help": "Which trainer runs: vip (stage 1 distillation) or grpo (stage 2 RL)."}
+    )
+
+
+def stage_classes(stage: str) -> tuple[type, ...]:
+    from .configs import ModelArguments, VIPTrainingConfig
+    from .data import DataConfig
+
+    if stage == "vip":
+        return (RecipeArguments, ModelArguments, DataConfig, VIPTrainingConfig)
+    raise ValueError(f"stage {stage!r} is not available yet; valid stages: ['vip'].")
+
+
+def read_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe {path} does not exist.")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"Recipe {path} must be a YAML mapping of config keys to values.")
+    stage = data.get("stage", "vip")
+    if stage not in STAGES:
+        raise ValueError(f"Recipe {path}: stage must be one of {list(STAGES)}, got {stage!r}.")
+    return data
+
+
+def check_keys(keys, classes: tuple[type, ...], where: str) -> None:
+    """Fail on keys no config dataclass knows, suggesting the closest valid name."""
+    known = {f.name for cls in classes for f in dataclasses.fields(cls)} | {"env"}
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{where}: unknown key {key!r}.{hint} Run `glimpserl train --help-keys` to list all keys."
+            )
+
+
+def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple:
+    """Parse a recipe + overrides into the stage's config dataclasses (RecipeArguments first)."""
+    overrides = list(overrides or [])
+    data = read_recipe(path)
+    classes = stage_classes(data.get("stage", "vip"))
+    check_keys(data, classes, f"Recipe {path}")
+    flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in overrides if a.startswith("--")]
+    check_keys(flags, classes, "Command line")
+    return TrlParser(classes).parse_args_and_config(args=["--config", str(path), *overrides])

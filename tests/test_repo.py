@@ -1,0 +1,55 @@
+"""Repository promises: the README's set-up commands, CI running the README's test command, shipped recipes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from glimpserl.rl.recipe import parse_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_opens_with_two_setup_commands():
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert all(c.startswith("python3 -m venv .venv") and "pip install torch==2.13.0" in c for c in commands)
+    assert "glimpserl train recipes/tiny/vip.yaml" in commands[0]
+    assert "python -m pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    assert _readme_commands()[1] in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml")))
+def test_every_shipped_recipe_parses(recipe):
+    # GPU recipes ask for bf16, which transformers only accepts on this CPU machine with use_cpu.
+    overrides = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    parsed = parse_recipe(ROOT / recipe, overrides)
+    assert parsed[0].stage in ("vip", "grpo")
+
+
+def test_recipe_typo_is_a_clear_error(tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text((ROOT / "recipes/tiny/vip.yaml").read_text() + "lerning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown key 'lerning_rate'.*Did you mean 'learning_rate'"):
+        parse_recipe(recipe)
+
+
+def test_command_line_typo_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Command line: unknown key 'max_stpes'.*'max_steps'"):
+        parse_recipe(ROOT / "recipes/tiny/vip.yaml", ["--max_stpes", "3"])
+
+
+def test_recipe_headers_state_the_launch_command():
+    for path in (ROOT / "recipes").rglob("*.yaml"):
+        head = path.read_text().splitlines()[:6]
+        launch = [line for line in head if "Launch:" in line]
+        assert launch and f"train {path.relative_to(ROOT)}" in launch[0], path
