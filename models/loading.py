@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
 
 from . import tiny  # noqa: F401  (registers the image-only processor with AutoProcessor before any load)
@@ -12,6 +18,48 @@ BUILTIN_MODELS = {
     "builtin:tiny-qwen2_vl": "qwen2_vl",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def cache_dir() -> Path:
+    """Where glimpserl keeps generated artefacts (built-in models and data): $GLIMPSERL_CACHE or ~/.cache/glimpserl."""
+    return Path(os.environ.get("GLIMPSERL_CACHE", Path.home() / ".cache" / "glimpserl"))
+
+
+def builtin_model_path(name: str, seed: int = 0) -> Path:
+    """Write a built-in tiny model (weights + processor) to the cache once and return its folder.
+
+    Written to a temporary folder and renamed, so concurrent ranks and interrupted runs never see half a model.
+    """
+    from accelerate import PartialState
+
+    family = _builtin_family(name)
+    folder = cache_dir() / f"tiny-{family}-seed{seed}"
+    # save_pretrained writes from the main process only: let it go first, the other ranks then find the folder.
+    with PartialState().main_process_first():
+        if not (folder / "config.json").is_file():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+            with _outside_zero3():
+                tiny.save_tiny(tmp, family=family, seed=seed)
+            try:
+                tmp.rename(folder)
+            except OSError:  # another job sharing the cache finished first; its copy is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _outside_zero3():
+    """Build a model as plain tensors even while a ZeRO-3 run is live (its config would partition the weights at
+    construction, which a from-config build cannot initialise); it is then loaded through from_pretrained."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def is_builtin(name: str) -> bool:
@@ -42,16 +90,18 @@ def load_model(name: str, dtype: str = "float32", attn_implementation: str | Non
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
     if is_builtin(name):
-        model = tiny.build_tiny_model(
-            _builtin_family(name), seed=seed, attn_implementation=attn_implementation or "sdpa"
-        )
-        return model.to(DTYPES[dtype] if dtype != "auto" else torch.float32).eval()
+        # Through from_pretrained like any checkpoint, so ZeRO-3 partitioning and dtype handling are the real ones.
+        name = str(builtin_model_path(name, seed))
+        attn_implementation = attn_implementation or "sdpa"
     from transformers import AutoModelForImageTextToText
 
     kwargs = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     return AutoModelForImageTextToText.from_pretrained(name, **kwargs).eval()
+
+
+__all__ = ["builtin_model_path", "cache_dir", "is_builtin", "load_model", "load_processor"]
 
 
 def _builtin_family(name: str) -> str:

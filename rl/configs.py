@@ -10,6 +10,12 @@ from trl import SFTConfig
 from ..models import GlimpseConfig
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
 @dataclass
 class ModelArguments:
     """The base VLM and the glimpse attached to it."""
@@ -108,6 +114,9 @@ class VIPTrainingConfig(SFTConfig):
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
 
     def __post_init__(self):
+        # On a machine without an accelerator, multi-process (DeepSpeed on gloo) runs only see the right world size
+        # with use_cpu; a GPU machine is unaffected.
+        self.use_cpu = self.use_cpu or not _has_accelerator()
         super().__post_init__()
         for name in ("kl_weight", "sparsity_weight", "box_weight", "lm_weight"):
             if getattr(self, name) < 0:

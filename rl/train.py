@@ -10,19 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 logger = logging.getLogger("glimpserl")
 BUILTIN_SYNTH = "builtin:synth"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("GLIMPSERL_CACHE", Path.home() / ".cache" / "glimpserl"))
-
-
 def materialize_synth(train_args) -> Path:
     """Write the built-in synthetic set once per (size, seed) into the cache and return its folder."""
+    from ..models.loading import cache_dir
     from .synth import write_synth
 
     size = train_args.synth_image_size
@@ -95,19 +91,20 @@ def run_vip(model_args, data_args, train_args) -> dict:
     trainer.train(resume_from_checkpoint=resume_point(train_args))
     trainer.save_model(train_args.output_dir)
     results: dict = {"train_rows": report.rows_kept, "global_step": trainer.state.global_step}
-    if eval_args is not None and trainer.accelerator.is_main_process:
+    if eval_args is not None:
+        # Every rank runs the same evaluation: under ZeRO-3 each forward gathers parameters from all ranks.
         eval_data, _ = load_vqa(eval_args)
-        samples = conversation_dataset(eval_data, eval_args)
         results["eval"] = evaluate_glimpse(
-            trainer.accelerator.unwrap_model(trainer.model),
+            trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model,
             processor,
-            samples,
+            conversation_dataset(eval_data, eval_args),
             batch_size=train_args.per_device_eval_batch_size,
             max_answer_tokens=train_args.max_answer_tokens,
         )
-        out = Path(train_args.output_dir) / "eval_results.json"
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results, indent=2))
+        if trainer.accelerator.is_main_process:
+            out = Path(train_args.output_dir) / "eval_results.json"
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            print(json.dumps(results, indent=2))
     return results
 
 

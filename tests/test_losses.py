@@ -1,0 +1,71 @@
+"""Stage-1 losses on hand-computed tensors."""
+
+import math
+
+import pytest
+import torch
+
+from glimpserl.rl import losses
+
+
+def test_answer_kl_by_hand():
+    # One answer token (label at column 2 is predicted by column 1). Teacher p = (0.5, 0.5), student q = (0.8, 0.2).
+    labels = torch.tensor([[-100, -100, 7]])
+    teacher = torch.zeros(1, 3, 2)
+    student = torch.zeros(1, 3, 2)
+    student[0, 1] = torch.tensor([math.log(0.8), math.log(0.2)])
+    expected = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    assert losses.answer_kl(teacher, student, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert losses.answer_kl(teacher, teacher, labels).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_sparsity_target_and_penalty():
+    keep = torch.tensor([[0.0, 1.0, 0.5, 9.0], [0.2, 0.2, 0.2, 9.0]])
+    visual = torch.tensor([[True, True, True, False], [True, True, True, False]])
+    # Per-sample means over visual tokens: 0.5 and 0.2.
+    assert losses.sparsity_loss(keep, visual, "penalty", 0.0).item() == pytest.approx(0.35)
+    assert losses.sparsity_loss(keep, visual, "target", 0.3).item() == pytest.approx((0.2**2 + 0.1**2) / 2)
+    with pytest.raises(ValueError, match="sparsity mode"):
+        losses.sparsity_loss(keep, visual, "l1", 0.3)
+
+
+def test_box_targets_centre_rule_and_tiny_box():
+    # 4x4 grid over a 40x40 image: cells are 10 px; centres at 5, 15, 25, 35.
+    target = losses.box_targets([[0, 0, 20, 20]], (40, 40), (4, 4))
+    assert target.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    tiny = losses.box_targets([[31, 21, 33, 23]], (40, 40), (4, 4))  # no centre inside: the centre cell is marked
+    assert tiny.sum() == 1 and tiny[2, 3] == 1
+
+
+def test_dice_bce_by_hand():
+    logits = torch.tensor([0.0, 0.0])  # p = 0.5, 0.5
+    target = torch.tensor([1.0, 0.0])
+    dice = 1 - (2 * 0.5 + 1) / (1.0 + 1.0 + 1)
+    bce = math.log(2)
+    assert losses.dice_bce(logits, target, 1.0, 0.1).item() == pytest.approx(dice + 0.1 * bce, abs=1e-6)
+
+
+def test_straight_through_is_hard_in_value_and_soft_in_gradient():
+    logits = torch.tensor([[4.0, -4.0, 0.3]], requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    bias = losses.mask_fn("straight_through", 1.0, 0.5, generator=g)(logits, torch.ones_like(logits).bool())
+    assert set(bias.detach().tolist()[0]) <= {0.0, losses.HARD_DROP}
+    bias.sum().backward()
+    assert (logits.grad != 0).all()  # dropped tokens still get a gradient
+
+
+def test_sigmoid_relaxation_and_threshold():
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    bias = losses.mask_fn("sigmoid", 1.0, 0.5)(logits, None)
+    assert torch.allclose(bias.exp(), torch.tensor([[0.5, 0.75]]))
+    # A 0.75 threshold moves the cut: logit log(3) sits exactly on it.
+    shifted = losses.mask_fn("sigmoid", 1.0, 0.75)(logits, None)
+    assert shifted.exp()[0, 1].item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="relaxation"):
+        losses.mask_fn("hard")
+
+
+def test_recall_precision():
+    keep = torch.tensor([[1, 1], [0, 0]])
+    target = torch.tensor([[1, 0], [1, 0]])
+    assert losses.recall_precision(keep, target) == (0.5, 0.5)

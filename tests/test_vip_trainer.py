@@ -1,0 +1,181 @@
+"""Stage 1 on the real TRL trainer with the tiny model: what trains, what is saved, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module
+from glimpserl.models.loading import load_processor
+from glimpserl.models.tiny import build_tiny_model
+from glimpserl.rl.configs import VIPTrainingConfig
+from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
+from glimpserl.rl.synth import write_synth
+from glimpserl.rl.vip_trainer import COMPLETE_MARKER, VIPTrainer, last_complete_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_PIXELS = 112 * 112
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    return write_synth(tmp_path_factory.mktemp("synth"), n_train=8, n_test=4, image_size=112, seed=0)
+
+
+def _trainer(synth_dir, output_dir, **overrides):
+    data = DataConfig(dataset=str(synth_dir / "train.jsonl"), max_pixels=MAX_PIXELS)
+    dataset, _ = load_vqa(data)
+    model = add_glimpse(
+        build_tiny_model("qwen2_5_vl", seed=0),
+        GlimpseConfig(layer=2, vip_hidden_size=32, vip_intermediate_size=64, vip_num_blocks=1, vip_num_heads=2),
+    )
+    config = dict(
+        output_dir=str(output_dir),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        box_weight=1.0,
+        logging_steps=1,
+        warmup_ratio=0.0,
+    )
+    config.update(overrides)
+    processor = load_processor("builtin:tiny-qwen2_5_vl", max_pixels=MAX_PIXELS)
+    return VIPTrainer(model, VIPTrainingConfig(**config), conversation_dataset(dataset, data), processor)
+
+
+def test_only_the_glimpse_trains_and_every_term_is_logged(synth_dir, tmp_path):
+    trainer = _trainer(synth_dir, tmp_path / "run")
+    glimpse_before = {n: p.detach().clone() for n, p in glimpse_module(trainer.model).named_parameters()}
+    base_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if ".glimpse." not in n}
+    trainer.train()
+    glimpse_after = dict(glimpse_module(trainer.model).named_parameters())
+    assert any(not torch.equal(glimpse_before[n], glimpse_after[n]) for n in glimpse_before)
+    for name, param in trainer.model.named_parameters():
+        if ".glimpse." not in name:
+            assert torch.equal(base_before[name], param), name
+    logged = trainer.state.log_history[0]
+    for key in ("loss_kl", "loss_sparsity", "loss_box", "keep_ratio", "keep_prob", "kept_tokens", "box_recall"):
+        assert key in logged, key
+
+
+def test_checkpoint_holds_glimpse_weights_not_the_base(synth_dir, tmp_path):
+    trainer = _trainer(synth_dir, tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"glimpse.safetensors", "glimpse_config.json", COMPLETE_MARKER, "trainer_state.json"} <= names
+    assert not any(n.startswith("model") and n.endswith(".safetensors") for n in names)
+    assert last_complete_checkpoint(tmp_path / "run") == str(ckpt)
+
+
+def test_sparsity_penalty_lowers_the_keep_probability(synth_dir, tmp_path):
+    trainer = _trainer(
+        synth_dir,
+        tmp_path / "run",
+        max_steps=6,
+        box_weight=0.0,
+        sparsity="penalty",
+        sparsity_weight=5.0,
+        learning_rate=3e-2,
+    )
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "keep_prob" in h]
+    assert history[-1]["keep_prob"] < history[0]["keep_prob"]
+    assert all(h["loss_kl"] < 1.0 for h in history)
+
+
+def _recipe(tmp_path, synth_dir) -> Path:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        (ROOT / "recipes/tiny/vip.yaml")
+        .read_text()
+        .replace("eval_dataset: builtin:synth", f"eval_dataset: {synth_dir / 'test.jsonl'}")
+        .replace("\ndataset: builtin:synth", f"\ndataset: {synth_dir / 'train.jsonl'}")
+        .replace("max_pixels: 200704", f"max_pixels: {MAX_PIXELS}")
+    )
+    return recipe
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "glimpserl.cli", *args]
+
+
+def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
+    recipe, out = _recipe(tmp_path, synth_dir), tmp_path / "run"
+    common = [
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "1",
+        "--save_total_limit",
+        "10",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        _cli("train", str(recipe), *common), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while last_complete_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reached = last_complete_checkpoint(out)
+    assert reached is not None and not (out / "checkpoint-8").exists(), "the run must be killed mid-way"
+    # An interrupted save: a later checkpoint folder without the completion marker must be ignored.
+    half = out / "checkpoint-6"
+    if not (half / COMPLETE_MARKER).exists():
+        half.mkdir(exist_ok=True)
+        (half / "glimpse.safetensors").write_bytes(b"truncated")
+    done = subprocess.run(
+        _cli("train", str(recipe), *common, "--resume_from_checkpoint", "last"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["global_step"] == 8
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert (out / "checkpoint-8" / COMPLETE_MARKER).is_file()
+
+
+def test_train_with_a_missing_image_fails_fast_naming_the_row(synth_dir, tmp_path):
+    rows = [json.loads(line) for line in (synth_dir / "train.jsonl").read_text().splitlines()]
+    rows[3]["image"] = "images/does_not_exist.png"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recipe = _recipe(tmp_path, synth_dir)
+    result = subprocess.run(
+        _cli(
+            "train",
+            str(recipe),
+            "--dataset",
+            str(bad),
+            "--image_root",
+            str(synth_dir),
+            "--output_dir",
+            str(tmp_path / "run"),
+        ),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    assert "row 3" in result.stderr and "does_not_exist.png" in result.stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("checkpoint-*"))
