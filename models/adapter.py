@@ -47,6 +47,10 @@ class VLMAdapter:
             "vision_layers": self.num_vision_layers(self.inner_model(model)),
         }
 
+    def lora_target_modules(self) -> str:
+        """Regex (PEFT full match) of the language-model linears LoRA adapts; vision blocks reuse the same names."""
+        raise NotImplementedError
+
     def install(self, model: nn.Module) -> None:
         """Swap in the glimpse-aware forward of the inner and outer model classes."""
         raise NotImplementedError

@@ -211,7 +211,7 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     return h, saved, rope, readout
 
 
-def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt):
+def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None):
     """Keep decision over all columns: (hard keep [batch, seq] bool, key bias [batch, seq], VIP logits).
 
     The key bias is the additive log-mask on visual keys (0 / -inf for a hard decision, 0 on text).
@@ -220,12 +220,17 @@ def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt):
     seq = visual.shape[1]
     logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
     if keep is not None:
-        keep = torch.where(visual, keep[:, :seq].to(visual.device).bool(), torch.ones_like(visual))
+        # A reused decision covers at least the prompt; later columns (a completion) are text and always kept.
+        keep = torch.nn.functional.pad(
+            keep[:, :seq].to(visual.device).bool(), (0, seq - min(keep.shape[1], seq)), value=True
+        )
+        keep = torch.where(visual, keep, torch.ones_like(visual))
     elif mode == "mask" and mask_fn is not None:
         bias = torch.where(visual, mask_fn(logits, visual), torch.zeros_like(logits))
         return bias > -math.log(2.0), bias, logits
     else:
-        keep = decide_keep(logits.detach(), visual, inputs.segments, glimpse.config)
+        noise = noise[:, :seq] if noise is not None else None
+        keep = decide_keep(logits.detach(), visual, inputs.segments, glimpse.config, noise)
     return keep, key_bias(keep.float(), visual), logits
 
 
@@ -240,11 +245,14 @@ def pruned_decoder_forward(
     keep: torch.Tensor | None = None,
     mask_fn: MaskFn | None = None,
     prompt_length: int | None = None,
+    noise: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, GlimpseResult, object]:
     """Run the decoder with the glimpse; returns (last hidden states after the final norm, result, cache).
 
     keep: optional [batch, >= prompt] bool, a keep decision to reuse instead of the VIP's (visual columns only).
+    noise: optional [batch, >= prompt] uniform noise: sample the keep mask from the VIP (Bernoulli) instead of
+    thresholding it.
     mask_fn: masked mode only, turns VIP logits into the key bias (default: the hard decision, 0 / -inf).
     prompt_length: columns of the prompt when a completion follows (a training / log-prob pass). The completion
     then sees in every layer exactly what generation would have shown it: the kept prompt tokens only (layers
@@ -266,7 +274,7 @@ def pruned_decoder_forward(
     h, saved, prompt_rope, readout = _prompt_with_glimpse(
         text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, **kwargs
     )
-    keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt)
+    keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise)
     prompt_mask = attention_mask[:, :prompt]
     if mode == "prune":
         keep[:, :prompt] &= prompt_mask.bool()  # prompt padding goes too; it is not text

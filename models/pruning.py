@@ -98,11 +98,13 @@ def decide_keep(
     visual_mask: torch.Tensor,
     segments: list[list[tuple[int, int]]],
     config: GlimpseConfig,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hard keep mask [batch, seq] bool from VIP logits [batch, seq], applied per image.
 
-    A visual token is kept when sigmoid(logit) > threshold; an image keeps at most
-    max(min_keep, floor(max_keep_ratio * n)) and at least min_keep tokens (by logit).
+    A visual token is kept when sigmoid(logit) > threshold, or, given uniform noise [batch, seq], when
+    noise < sigmoid(logit) (a Bernoulli sample of the VIP's keep probability, as RL rollouts use). An image keeps at
+    most max(min_keep, floor(max_keep_ratio * n)) and at least min_keep tokens (by logit).
     """
     keep = ~visual_mask
     probs = torch.sigmoid(logits.float())
@@ -110,7 +112,10 @@ def decide_keep(
         for start, end in runs:
             n = end - start
             scores = logits[b, start:end].float()
-            chosen = probs[b, start:end] > config.threshold
+            if noise is None:
+                chosen = probs[b, start:end] > config.threshold
+            else:
+                chosen = noise[b, start:end].to(probs.device) < probs[b, start:end]
             count = int(chosen.sum())
             cap = n
             if config.max_keep_ratio is not None:

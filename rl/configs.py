@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl import SFTConfig
+from trl import GRPOConfig, SFTConfig
 
 from ..models import GlimpseConfig
 
@@ -81,6 +81,9 @@ class VIPTrainingConfig(SFTConfig):
     )
     box_dice_weight: float = field(default=1.0, metadata={"help": "Dice share of the box loss."})
     box_bce_weight: float = field(default=0.1, metadata={"help": "BCE share of the box loss."})
+    box_pos_weight: float = field(
+        default=1.0, metadata={"help": "BCE weight of box cells vs other cells (> 1 favours recall)."}
+    )
     lm_weight: float = field(default=0.0, metadata={"help": "Weight of the pruned student's answer cross-entropy."})
     relaxation: Literal["straight_through", "gumbel", "sigmoid"] = field(
         default="straight_through",
@@ -125,3 +128,62 @@ class VIPTrainingConfig(SFTConfig):
             raise ValueError(f"target_keep_ratio must be in (0, 1], got {self.target_keep_ratio}.")
         if self.relaxation_temperature <= 0:
             raise ValueError(f"relaxation_temperature must be > 0, got {self.relaxation_temperature}.")
+
+
+@dataclass
+class GlimpseGRPOConfig(GRPOConfig):
+    """Stage 2 (GlimpsePrune+): TRL's GRPOConfig plus the keep-mask policy and the rewards."""
+
+    mask_policy: Literal["deterministic", "sample"] = field(
+        default="sample",
+        metadata={
+            "help": "deterministic: the VIP's thresholded mask, VIP frozen. sample: each rollout samples its own mask "
+            "from the VIP probabilities (so a prune-ratio reward varies inside a GRPO group) and the VIP learns by "
+            "the policy gradient of the mask's log-probability with the same advantages."
+        },
+    )
+    vip_pg_weight: float = field(default=1.0, metadata={"help": "Weight of the VIP's policy-gradient loss."})
+    # Typed list[str] for the command line (`--rewards exact_match prune_ratio`); a recipe may also give mappings
+    # {name, weight, **params}, which the reward registry validates.
+    rewards: list[str] = field(
+        default_factory=lambda: ["exact_match"],
+        metadata={
+            "help": "Reward specs: names, or in a recipe {name, weight, **params} mappings; see "
+            "glimpserl.rewards.available_rewards(). Their weights become TRL's reward_weights."
+        },
+    )
+    use_lora: bool = field(default=True, metadata={"help": "LoRA on the language-model linears; else full tuning."})
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    freeze_vision: bool = field(default=True, metadata={"help": "Full tuning: keep the vision encoder frozen."})
+    mask_seed: int = field(default=0, metadata={"help": "Seed of the rollout masks' sampling noise (per rank)."})
+
+    eval_dataset: str | None = field(default=None, metadata={"help": "Held-out data (same formats as dataset)."})
+    eval_split: str = field(default="train", metadata={"help": "Split of eval_dataset to read."})
+    eval_max_samples: int | None = field(default=None, metadata={"help": "Use at most this many held-out rows."})
+    synth_train: int = field(default=200, metadata={"help": "Rows of the built-in synthetic train split."})
+    synth_test: int = field(default=50, metadata={"help": "Rows of the built-in synthetic test split."})
+    synth_image_size: int = field(default=448, metadata={"help": "Side of the built-in synthetic images (px)."})
+
+    # Defaults of the reference GlimpsePrune+ recipe, and CPU-safe precision / memory settings.
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate."})
+    beta: float = field(default=0.04, metadata={"help": "k3 KL coefficient to the reference model."})
+    num_generations: int | None = field(default=4, metadata={"help": "Completions per prompt (GRPO group)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts."})
+    max_completion_length: int | None = field(default=128, metadata={"help": "New tokens per completion."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep answer columns for the rewards."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes turn it on)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint (steps, epoch, no)."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
+
+    def __post_init__(self):
+        self.use_cpu = self.use_cpu or not _has_accelerator()
+        if self.use_vllm:
+            raise ValueError("use_vllm is not supported: rollouts must run glimpserl's pruned forward (HF generate).")
+        if self.vip_pg_weight < 0:
+            raise ValueError(f"vip_pg_weight must be >= 0, got {self.vip_pg_weight}.")
+        super().__post_init__()

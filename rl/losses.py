@@ -95,11 +95,17 @@ def box_targets(boxes: list[list[float]], image_size: tuple[int, int], grid: tup
     return target
 
 
-def dice_bce(logits: torch.Tensor, target: torch.Tensor, dice_weight: float, bce_weight: float) -> torch.Tensor:
-    """Dice loss on sigmoid(logits) plus weighted binary cross-entropy, over one image's tokens (flat tensors)."""
+def dice_bce(
+    logits: torch.Tensor, target: torch.Tensor, dice_weight: float, bce_weight: float, pos_weight: float = 1.0
+) -> torch.Tensor:
+    """Dice loss on sigmoid(logits) plus weighted binary cross-entropy, over one image's tokens (flat tensors).
+
+    pos_weight > 1 weighs missed box cells more than extra kept ones (box cells are a small minority).
+    """
     prob = torch.sigmoid(logits.float())
     dice = 1.0 - (2.0 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target)
+    weight = torch.tensor(pos_weight, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight)
     return dice_weight * dice + bce_weight * bce
 
 

@@ -22,12 +22,14 @@ class RecipeArguments:
 
 
 def stage_classes(stage: str) -> tuple[type, ...]:
-    from .configs import ModelArguments, VIPTrainingConfig
+    from .configs import GlimpseGRPOConfig, ModelArguments, VIPTrainingConfig
     from .data import DataConfig
 
     if stage == "vip":
         return (RecipeArguments, ModelArguments, DataConfig, VIPTrainingConfig)
-    raise ValueError(f"stage {stage!r} is not available yet; valid stages: ['vip'].")
+    if stage == "grpo":
+        return (RecipeArguments, ModelArguments, DataConfig, GlimpseGRPOConfig)
+    raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}.")
 
 
 def read_recipe(path: str | Path) -> dict:

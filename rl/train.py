@@ -53,7 +53,7 @@ def resolve_data(data_args, train_args):
 
 def resume_point(train_args) -> str | None:
     """resume_from_checkpoint: a folder, or `last` / `true` for the newest COMPLETE checkpoint in output_dir."""
-    from .vip_trainer import last_complete_checkpoint
+    from .checkpoint import last_complete_checkpoint
 
     value = train_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("", "false", "none"):
@@ -69,8 +69,7 @@ def resume_point(train_args) -> str | None:
 def run_vip(model_args, data_args, train_args) -> dict:
     from transformers import set_seed
 
-    from ..models import add_glimpse, load_glimpse
-    from ..models.loading import load_model, load_processor
+    from ..models.loading import load_processor
     from .data import conversation_dataset, load_vqa
     from .vip_eval import evaluate_glimpse
     from .vip_trainer import VIPTrainer
@@ -80,13 +79,7 @@ def run_vip(model_args, data_args, train_args) -> dict:
     processor = load_processor(model_args.model_name_or_path, data_args.min_pixels, data_args.max_pixels)
     dataset, report = load_vqa(data_args)
     logger.info("%s", report.summary())
-    model = load_model(
-        model_args.model_name_or_path, model_args.dtype, model_args.attn_implementation, model_args.seed_model
-    )
-    if model_args.glimpse_init:
-        load_glimpse(model, model_args.glimpse_init)
-    else:
-        add_glimpse(model, model_args.glimpse_config())
+    model = _load_glimpse_model(model_args)
     trainer = VIPTrainer(model, train_args, conversation_dataset(dataset, data_args), processor)
     trainer.train(resume_from_checkpoint=resume_point(train_args))
     trainer.save_model(train_args.output_dir)
@@ -108,6 +101,40 @@ def run_vip(model_args, data_args, train_args) -> dict:
     return results
 
 
+def _load_glimpse_model(model_args):
+    from ..models import add_glimpse, load_glimpse
+    from ..models.loading import load_model
+
+    model = load_model(
+        model_args.model_name_or_path, model_args.dtype, model_args.attn_implementation, model_args.seed_model
+    )
+    if model_args.glimpse_init:
+        return load_glimpse(model, model_args.glimpse_init)
+    return add_glimpse(model, model_args.glimpse_config())
+
+
+def run_grpo(model_args, data_args, train_args) -> dict:
+    """Stage 2: GRPO on the pruned model; writes the LoRA adapter (or full weights) + glimpse to output_dir."""
+    from transformers import set_seed
+
+    from ..models.loading import load_processor
+    from .data import conversation_dataset, load_vqa
+    from .grpo_trainer import GlimpseGRPOTrainer
+
+    set_seed(train_args.seed)
+    data_args, _ = resolve_data(data_args, train_args)
+    processor = load_processor(model_args.model_name_or_path, data_args.min_pixels, data_args.max_pixels)
+    dataset, report = load_vqa(data_args)
+    logger.info("%s", report.summary())
+    model = _load_glimpse_model(model_args)
+    trainer = GlimpseGRPOTrainer(model, train_args, conversation_dataset(dataset, data_args), processor)
+    trainer.train(resume_from_checkpoint=resume_point(train_args))
+    trainer.save_model(train_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(train_args.output_dir)
+    return {"train_rows": report.rows_kept, "global_step": trainer.state.global_step}
+
+
 def main(argv: list[str]) -> int:
     from .recipe import parse_recipe
 
@@ -115,6 +142,6 @@ def main(argv: list[str]) -> int:
         raise ValueError("Usage: glimpserl train RECIPE.yaml [--key value ...]")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     recipe_args, *configs = parse_recipe(argv[0], argv[1:])
-    if recipe_args.stage == "vip":
-        run_vip(*configs)
+    run = {"vip": run_vip, "grpo": run_grpo}[recipe_args.stage]
+    run(*configs)
     return 0

@@ -2,25 +2,21 @@
 
 Teacher = the same frozen VLM with every visual token (no grad, no second copy); student = the VLM pruned by the
 VIP in the differentiable masked mode. Only the glimpse token and the VIP train. Overridden hooks:
-`compute_loss` (the loss), `save_model` / `_load_from_checkpoint` (checkpoints hold the glimpse weights only) and
-`_save_checkpoint` (a marker written last tells complete checkpoints from interrupted ones).
+`compute_loss` (the loss) and, through `GlimpseCheckpointMixin`, the checkpoint hooks (checkpoints hold the glimpse
+weights only; a marker written last tells complete checkpoints from interrupted ones).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from pathlib import Path
-
 import torch
 from trl import SFTTrainer
 
-from ..models import glimpse_module, load_glimpse, save_glimpse
+from ..models import glimpse_module
 from . import losses
+from .checkpoint import COMPLETE_MARKER, GlimpseCheckpointMixin, last_complete_checkpoint
 from .collate import GlimpseCollator
 from .configs import VIPTrainingConfig
 
-COMPLETE_MARKER = "glimpserl_checkpoint_complete"
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
@@ -32,16 +28,9 @@ def freeze_all_but_glimpse(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest checkpoint-N folder whose save finished (has the marker); interrupted ones are ignored."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file() and p.name[11:].isdigit()]
-    return str(max(done, key=lambda p: int(p.name[11:]))) if done else None
+class VIPTrainer(GlimpseCheckpointMixin, SFTTrainer):
+    save_glimpse_only = True
 
-
-class VIPTrainer(SFTTrainer):
     def __init__(self, model, args: VIPTrainingConfig, train_dataset, processing_class, callbacks=None):
         freeze_all_but_glimpse(model)
         super().__init__(
@@ -126,29 +115,5 @@ class VIPTrainer(SFTTrainer):
     def _mean(self, values: torch.Tensor) -> float:
         return self.accelerator.gather_for_metrics(values.detach().float()).mean().item()
 
-    # ---- checkpoints hold the glimpse, not the base ---------------------------------------------------------
 
-    def _gathered_glimpse(self):
-        params = list(glimpse_module(self.model).parameters())
-        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            import deepspeed
-
-            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        return contextlib.nullcontext()
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        output_dir = output_dir or self.args.output_dir
-        with self._gathered_glimpse():
-            if self.args.should_save:
-                save_glimpse(self.accelerator.unwrap_model(self.model), output_dir)
-                self.processing_class.save_pretrained(output_dir)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_glimpse(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            (folder / COMPLETE_MARKER).write_text(f"{self.state.global_step}\n")
+__all__ = ["COMPLETE_MARKER", "MODEL_INPUTS", "VIPTrainer", "freeze_all_but_glimpse", "last_complete_checkpoint"]

@@ -43,6 +43,9 @@ def test_dice_bce_by_hand():
     dice = 1 - (2 * 0.5 + 1) / (1.0 + 1.0 + 1)
     bce = math.log(2)
     assert losses.dice_bce(logits, target, 1.0, 0.1).item() == pytest.approx(dice + 0.1 * bce, abs=1e-6)
+    # pos_weight 3 triples the positive cell's BCE term: (3 * log 2 + log 2) / 2.
+    weighted = losses.dice_bce(logits, target, 0.0, 1.0, pos_weight=3.0).item()
+    assert weighted == pytest.approx(2 * math.log(2), abs=1e-6)
 
 
 def test_straight_through_is_hard_in_value_and_soft_in_gradient():

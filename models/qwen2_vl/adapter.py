@@ -55,6 +55,9 @@ class Qwen2VLAdapter(VLMAdapter):
     def rotary(self):
         return self.modeling.apply_rotary_pos_emb
 
+    def lora_target_modules(self):
+        return r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
     def install(self, model):
         from .modeling import glimpse_class
 

@@ -9,7 +9,8 @@ pruned layout.
 
 Extra forward keywords (all optional): glimpse_mode ("prune" | "mask" | "off"), glimpse_keep ([batch, seq] bool to
 reuse a keep decision), glimpse_mask_fn (masked mode: VIP logits -> log keep-probability, the relaxation used in training), glimpse_prompt_length (int: columns of the
-prompt when a completion follows it).
+prompt when a completion follows it), glimpse_noise ([batch, seq] uniform noise: sample the keep mask instead of
+thresholding it; RL rollouts).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class GlimpseInnerMixin:
         glimpse_keep=None,
         glimpse_mask_fn=None,
         glimpse_prompt_length=None,
+        glimpse_noise=None,
         **kwargs,
     ):
         vanilla = dict(
@@ -111,6 +113,7 @@ class GlimpseInnerMixin:
             keep=glimpse_keep,
             mask_fn=glimpse_mask_fn,
             prompt_length=glimpse_prompt_length,
+            noise=glimpse_noise,
             **kwargs,
         )
         return GlimpseModelOutput(last_hidden_state=hidden, past_key_values=cache, glimpse=result)
@@ -156,6 +159,11 @@ class GlimpseOuterMixin:
         video_grid_thw=None,
         mm_token_type_ids=None,
         logits_to_keep=0,
+        glimpse_mode="prune",
+        glimpse_keep=None,
+        glimpse_mask_fn=None,
+        glimpse_prompt_length=None,
+        glimpse_noise=None,
         **kwargs,
     ):
         outputs = self.model(
@@ -170,6 +178,11 @@ class GlimpseOuterMixin:
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
+            glimpse_mode=glimpse_mode,
+            glimpse_keep=glimpse_keep,
+            glimpse_mask_fn=glimpse_mask_fn,
+            glimpse_prompt_length=glimpse_prompt_length,
+            glimpse_noise=glimpse_noise,
             **kwargs,
         )
         glimpse = getattr(outputs, "glimpse", None)
