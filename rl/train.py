@@ -113,6 +113,14 @@ def _load_glimpse_model(model_args):
     return add_glimpse(model, model_args.glimpse_config())
 
 
+def _init_cpu_deepspeed(train_args) -> None:
+    """On CPU, DeepSpeed must own the (gloo) process group before TRL builds a ZeRO-3 reference model."""
+    if train_args.use_cpu and getattr(train_args, "deepspeed_plugin", None) is not None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
 def run_grpo(model_args, data_args, train_args) -> dict:
     """Stage 2: GRPO on the pruned model; writes the LoRA adapter (or full weights) + glimpse to output_dir."""
     from transformers import set_seed
@@ -122,6 +130,7 @@ def run_grpo(model_args, data_args, train_args) -> dict:
     from .grpo_trainer import GlimpseGRPOTrainer
 
     set_seed(train_args.seed)
+    _init_cpu_deepspeed(train_args)
     data_args, _ = resolve_data(data_args, train_args)
     processor = load_processor(model_args.model_name_or_path, data_args.min_pixels, data_args.max_pixels)
     dataset, report = load_vqa(data_args)

@@ -1,0 +1,168 @@
+"""Stage 2 on TRL's real GRPOTrainer with the tiny model: masks per rollout, what trains, TRL equivalence."""
+
+import pytest
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import add_fused_lm_head
+
+from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module
+from glimpserl.models.loading import load_processor
+from glimpserl.models.tiny import build_tiny_model
+from glimpserl.rewards import Reward, register
+from glimpserl.rewards.registry import available_rewards
+from glimpserl.rl.configs import GlimpseGRPOConfig
+from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
+from glimpserl.rl.grpo_trainer import GlimpseGRPOTrainer
+from glimpserl.rl.synth import write_synth
+
+MAX_PIXELS = 112 * 112
+SEEN: list[dict] = []
+
+if "record_pruning" not in available_rewards():
+
+    @register("record_pruning")
+    class RecordPruning(Reward):
+        """Test reward: remembers the pruning facts each call received, pays nothing."""
+
+        def __call__(self, completions, prune_ratio, kept_tokens, visual_tokens, **kwargs):
+            SEEN.append({"prune_ratio": list(prune_ratio), "kept": list(kept_tokens), "visual": list(visual_tokens)})
+            return [0.0] * len(completions)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = write_synth(tmp_path_factory.mktemp("synth"), n_train=8, n_test=2, image_size=112, seed=0)
+    config = DataConfig(dataset=str(folder / "train.jsonl"), max_pixels=MAX_PIXELS)
+    data, _ = load_vqa(config)
+    return conversation_dataset(data, config)
+
+
+class RecordingTrainer(GlimpseGRPOTrainer):
+    """Remembers the rollout masks and the masks every log-prob pass used."""
+
+    def __init__(self, *args, **kwargs):
+        self.rollout_masks, self.logp_masks = [], []
+        super().__init__(*args, **kwargs)
+        self.pad = self.processing_class.tokenizer.pad_token_id
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        out = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        self.rollout_masks.append(self._active_keep.clone())
+        self.rollout_keys = [_key(p, c, self.pad) for p, c in zip(prompt_ids, out[0])]
+        return out
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
+        self.logp_masks.append((torch.is_grad_enabled(), self._active_keep.clone(), input_ids.clone()))
+        return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
+
+
+def _key(prompt, completion, pad) -> tuple:
+    """A rollout's identity: its prompt and completion tokens without padding."""
+    prompt = [t for t in prompt if t != pad]
+    completion = list(completion)
+    while completion and completion[-1] == pad:
+        completion.pop()
+    return tuple(prompt), tuple(completion)
+
+
+def _trainer(dataset, tmp_path, cls=RecordingTrainer, **overrides):
+    model = add_glimpse(
+        build_tiny_model("qwen2_5_vl", seed=0),
+        GlimpseConfig(layer=2, vip_hidden_size=32, vip_intermediate_size=64, vip_num_blocks=1, vip_num_heads=2),
+    )
+    config = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        learning_rate=1e-2,
+        beta=0.04,
+        save_strategy="no",
+        logging_steps=1,
+        lora_r=4,
+        lora_alpha=8,
+        rewards=["record_pruning", {"name": "exact_match", "weight": 1.0}, {"name": "prune_ratio", "weight": 1.0}],
+        report_to="none",
+    )
+    config.update(overrides)
+    processor = load_processor("builtin:tiny-qwen2_5_vl", max_pixels=MAX_PIXELS)
+    return cls(model, GlimpseGRPOConfig(**config), dataset, processor)
+
+
+def _vip_state(trainer):
+    return {n: p.detach().clone() for n, p in glimpse_module(trainer.model).named_parameters()}
+
+
+def test_sample_mode_trains_the_vip_and_varies_masks_within_a_group(dataset, tmp_path):
+    SEEN.clear()
+    trainer = _trainer(dataset, tmp_path, mask_policy="sample")
+    before = _vip_state(trainer)
+    trainer.train()
+    after = _vip_state(trainer)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    # One prompt, four rollouts (a GRPO group): the sampled masks keep different numbers of tokens.
+    first = SEEN[0]
+    assert len(first["prune_ratio"]) == 4 and len(set(first["kept"])) > 1
+    assert all(v == first["visual"][0] for v in first["visual"])
+    logged = trainer.state.log_history[0]
+    for key in ("glimpse/prune_ratio", "glimpse/kept_tokens", "glimpse/vip_pg_loss", "kl", "reward"):
+        assert key in logged, key
+
+
+def test_every_log_prob_pass_uses_the_rollout_mask(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path, mask_policy="sample", max_steps=1)
+    trainer.train()
+    (rollout,) = trainer.rollout_masks
+    passes = trainer.logp_masks
+    assert any(grad for grad, _, _ in passes), "the policy pass ran"
+    assert any(not grad for grad, _, _ in passes), "the reference pass ran"
+    width = rollout.shape[1]
+    by_key = {key: rollout[i] for i, key in enumerate(trainer.rollout_keys)}
+    assert len(by_key) == len(trainer.rollout_keys), "sampled completions are distinct"
+    for _, mask, input_ids in passes:
+        # TRL shuffles rollouts before the policy pass: find each row's rollout by its tokens, compare the masks.
+        for row, ids in zip(mask, input_ids.tolist()):
+            key = _key(ids[:width], ids[width:], trainer.pad)
+            assert torch.equal(by_key[key], row)
+
+
+def test_deterministic_mode_leaves_the_vip_alone(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path, mask_policy="deterministic")
+    before = _vip_state(trainer)
+    trainer.train()
+    after = _vip_state(trainer)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_keep_all_log_probs_equal_vanilla_trl(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path, mask_policy="deterministic")
+    processor = trainer.processing_class
+    rows = [dataset[i] for i in range(2)]
+    texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True) for r in rows]
+    prompt = processor(text=texts, images=[r["images"][0] for r in rows], return_tensors="pt", padding=True)
+    completion = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 18]])
+    input_ids = torch.cat([prompt["input_ids"], completion], dim=1)
+    attention_mask = torch.cat([prompt["attention_mask"], torch.ones_like(completion)], dim=1)
+    mm_token_type_ids = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(completion)], dim=1)
+    extra = dict(
+        pixel_values=prompt["pixel_values"],
+        image_grid_thw=prompt["image_grid_thw"],
+        num_images=[1, 1],
+        mm_token_type_ids=mm_token_type_ids,
+    )
+    trainer._active_keep = torch.ones_like(prompt["input_ids"], dtype=torch.bool)  # keep every visual token
+    with torch.no_grad():
+        ours, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, 4, **extra)
+    vanilla = build_tiny_model("qwen2_5_vl", seed=0)
+    add_fused_lm_head(vanilla, temperature=trainer.temperature)
+    with torch.no_grad():
+        theirs, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer, vanilla, input_ids, attention_mask, 4, **extra
+        )
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_vllm_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="use_vllm is not supported"):
+        GlimpseGRPOConfig(output_dir="/tmp/x", use_vllm=True)
