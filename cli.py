@@ -81,6 +81,37 @@ def _run_visualize(args) -> int:
     return 0
 
 
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="Export a stage-2 run (LoRA adapter or full weights + glimpse + processor) for inference.",
+        description="Write RUN_DIR (a run folder or one of its checkpoint-N folders) to a clean OUT folder: by "
+        "default the LoRA adapter + glimpse weights + processor; with --merge one standard checkpoint (adapter merged "
+        "into the base) + glimpse + processor, which from_pretrained loads. Full-fine-tuning runs export as a "
+        "standard checkpoint. Load either form with glimpserl.rl.export.load_exported(OUT).",
+    )
+    p.add_argument("run_dir", help="Run folder with the adapter (or model.safetensors) and glimpse.safetensors.")
+    p.add_argument("--out", required=True, help="Folder to write; must be new or empty unless --overwrite.")
+    p.add_argument("--merge", action="store_true", help="Merge the LoRA adapter into the base and save one model.")
+    p.add_argument("--base", default=None, help="Base model (folder, hub id or builtin:...). Default: adapter config.")
+    p.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16"], help="Saved dtype (merged/full). Default: as stored."
+    )
+    p.add_argument("--overwrite", action="store_true", help="Replace a non-empty --out folder.")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from .rl.export import MANIFEST, export_run
+
+    out = export_run(
+        args.run_dir, args.out, merge=args.merge, base=args.base, dtype=args.dtype, overwrite=args.overwrite
+    )
+    manifest = json.loads((out / MANIFEST).read_text())
+    print(json.dumps({**manifest, "out": str(out), "files": sorted(p.name for p in out.iterdir())}, indent=2))
+    return 0
+
+
 def _add_data(subparsers) -> None:
     from .rl.synth import add_synth_arguments
 
@@ -142,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_visualize(subparsers)
     _add_data(subparsers)
+    _add_export(subparsers)
     return parser
 
 

@@ -126,7 +126,7 @@ def export_run(
     _check_out_dir(out, run.path, overwrite)
     if dtype is not None and run.kind == "adapter" and not merge:
         raise ValueError("--dtype applies to merged and full-weight exports; an adapter export copies the adapter.")
-    form = "adapter" if run.kind == "adapter" and not merge else ("merged" if run.kind == "adapter" else "full")
+    form = "full" if run.kind == "full" else ("merged" if merge else "adapter")
     with _staging(out) as tmp:
         if form == "adapter":
             _copy_adapter(run, tmp, base)
@@ -165,7 +165,13 @@ def _load_weights(run: RunFolder, dtype: str, merge: bool):
     from peft import PeftModel
 
     # The glimpse goes on before the adapter so that the adapter wraps the same module tree it was trained on.
-    model = load_glimpse(load_model(run.base, dtype=dtype), run.path)
+    try:
+        base = load_model(run.base, dtype=dtype)
+    except OSError as err:  # a training machine's path or an unreachable hub id
+        raise FileNotFoundError(
+            f"Cannot load the base model {run.base!r} of {run.path} ({err}); pass --base."
+        ) from err
+    model = load_glimpse(base, run.path)
     model = PeftModel.from_pretrained(model, str(run.path))
     return model.merge_and_unload(safe_merge=True) if merge else model
 

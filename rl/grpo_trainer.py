@@ -20,6 +20,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from trl import GRPOTrainer
+from trl.trainer.utils import add_fused_lm_head
 
 from ..models import GlimpseResult, add_glimpse, get_adapter, glimpse_module
 from ..rewards import build_rewards
@@ -109,6 +110,13 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
             add_glimpse(ref, glimpse_module(self.model).config)
             for p in glimpse_module(ref).parameters():
                 p.requires_grad_(False)
+            # TRL wrapped the instance's forward (fused LM head) around the vanilla class forward: wrap it again so
+            # it calls the glimpse-aware one.
+            if "forward" in vars(ref):
+                del ref.forward
+                add_fused_lm_head(
+                    ref, temperature=self.temperature, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32
+                )
 
     # ---- rollouts ---------------------------------------------------------------------------------------------
 
@@ -155,7 +163,11 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         facts = self._rollout_facts()
         self._metrics[mode]["glimpse/prune_ratio"].append(sum(facts["prune_ratio"]) / len(facts["prune_ratio"]))
-        self._metrics[mode]["glimpse/kept_tokens"].append(sum(facts["kept_tokens"]) / len(facts["kept_tokens"]))
+        mean_kept = sum(facts["kept_tokens"]) / len(facts["kept_tokens"])
+        self._metrics[mode]["glimpse/kept_tokens"].append(mean_kept)
+        # Ranks run sequences of different lengths after pruning; the spread shows it (and that nothing waits on it).
+        per_rank = self.accelerator.gather(torch.tensor([mean_kept], device=self.accelerator.device))
+        self._metrics[mode]["glimpse/kept_tokens_rank_spread"].append((per_rank.max() - per_rank.min()).item())
         self._active_keep, self._rollout = None, []
         return output
 
