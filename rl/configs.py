@@ -104,7 +104,9 @@ class VIPTrainingConfig(SFTConfig):
     # TRL / transformers defaults that do not fit stage 1.
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (glimpse + VIP only)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps for linear warm-up."})
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Linear warm-up: a step count, or a fraction of all steps when < 1."}
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(

@@ -52,6 +52,23 @@ def capture_prefills(model: torch.nn.Module):
         handle.remove()
 
 
+def conversation_text(messages) -> str:
+    """A conversation as one plain string ("user: <image> What colour ...?"), for logging tables.
+
+    W&B tables reject columns that mix message lists holding image blocks; a string per row is always accepted.
+    """
+    if not isinstance(messages, list):
+        return str(messages)
+    lines = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = ["<image>" if block.get("type") == "image" else str(block.get("text", "")) for block in content]
+            content = " ".join(parts)
+        lines.append(f"{message.get('role', '?')}: {content}")
+    return "\n".join(lines)
+
+
 def mask_log_prob(logits: torch.Tensor, keep: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
     """Mean log-probability per visual token of a Bernoulli keep mask under the VIP: [batch].
 
@@ -170,6 +187,15 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
         self._metrics[mode]["glimpse/kept_tokens_rank_spread"].append((per_rank.max() - per_rank.min()).item())
         self._active_keep, self._rollout = None, []
         return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key in ("prompt", "completion"):
+            entries = self._logs.get(key)
+            if entries:
+                flat = [conversation_text(m) for m in entries]
+                entries.clear()
+                entries.extend(flat)
+        super().log(logs, start_time)
 
     # ---- log-prob passes on the pruned model ------------------------------------------------------------------
 

@@ -166,3 +166,17 @@ def test_keep_all_log_probs_equal_vanilla_trl(dataset, tmp_path):
 def test_vllm_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="use_vllm is not supported"):
         GlimpseGRPOConfig(output_dir="/tmp/x", use_vllm=True)
+
+
+def test_wandb_completions_table_with_image_prompts(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    trainer = _trainer(dataset, tmp_path, mask_policy="sample", max_steps=1, report_to="wandb", log_completions=True)
+    trainer.train()  # wandb rejects tables whose prompt column holds message lists with image blocks
+    import pandas as pd
+    import wandb
+
+    wandb.finish()
+    table = pd.read_parquet(tmp_path / "run" / "completions" / "completions_00001.parquet")
+    assert all(isinstance(p, str) and "<image>" in p for p in table["prompt"])
+    assert "glimpse/prune_ratio" in trainer.state.log_history[0]

@@ -45,7 +45,7 @@ def _trainer(synth_dir, output_dir, **overrides):
         report_to="none",
         box_weight=1.0,
         logging_steps=1,
-        warmup_ratio=0.0,
+        warmup_steps=0,
     )
     config.update(overrides)
     processor = load_processor("builtin:tiny-qwen2_5_vl", max_pixels=MAX_PIXELS)
