@@ -179,10 +179,23 @@ def _run_layers(text_model, layer_range, h, mask, rope, cache, use_cache, **kwar
     return h
 
 
-def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_inputs, **kwargs):
+def _last_token_attention(layer, h, rope, prompt_mask, rotary) -> torch.Tensor:
+    """FastV's signal: attention of the last prompt token over the prompt keys at this layer, mean over heads.
+
+    h: [batch, prompt, hidden] (the layer's input). Returns [batch, prompt].
+    """
+    last_rope = (rope[0][:, -1:], rope[1][:, -1:])
+    logits = glimpse_readout(layer, h[:, -1:], h, rope, last_rope, prompt_mask, rotary, "logits")
+    logits = logits.masked_fill(~prompt_mask.bool()[:, None, :], float("-inf"))
+    return logits.softmax(-1).mean(1)
+
+
+def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_inputs, pruner, **kwargs):
     """Layers 0..K on the prompt columns, the glimpse beside them, and its read-out at layer K.
 
-    Returns (prompt states after layer K, the per-layer inputs if keep_inputs, read-out [batch, heads, prompt]).
+    With a training-free `pruner` the glimpse does not run; FastV-style pruners get the last prompt token's
+    attention at layer K instead. Returns (prompt states after layer K, the per-layer inputs if keep_inputs,
+    rotary tables, read-out [batch, heads, prompt], last-token attention [batch, prompt] or None).
     """
     cfg = glimpse.config
     h = inputs.inputs_embeds[:, :prompt]
@@ -195,29 +208,40 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     g_rope = text_model.rotary_emb(h, positions[:, :, -1:] + 1)
     g_bias = torch.zeros(attention_mask.shape, device=h.device).masked_fill(attention_mask == 0, float("-inf"))
     g_mask = attention_mask.new_ones(h.shape[0], 1)
-    g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1)
-    saved = []
+    g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if pruner is None else None
+    saved, readout, attn_last = [], None, None
     for idx in range(cfg.layer + 1):
         layer = text_model.layers[idx]
-        if idx > 0:
-            g = g + glimpse.embedding(idx).to(h.dtype)
         if keep_inputs:
             saved.append(h)
-        if idx < cfg.layer:
-            g = side_layer_step(layer, g, g_rope, g_mask, h, rope, g_bias, rotary)
+        if pruner is not None:
+            if idx == cfg.layer and pruner.needs_attn_last:
+                attn_last = _last_token_attention(layer, h, rope, attention_mask, rotary)
         else:
-            readout = glimpse_readout(layer, g, h, rope, g_rope, attention_mask, rotary, cfg.readout)
+            if idx > 0:
+                g = g + glimpse.embedding(idx).to(h.dtype)
+            if idx < cfg.layer:
+                g = side_layer_step(layer, g, g_rope, g_mask, h, rope, g_bias, rotary)
+            else:
+                readout = glimpse_readout(layer, g, h, rope, g_rope, attention_mask, rotary, cfg.readout)
         h = _run_layers(text_model, [idx], h, mask, rope, cache, use_cache, **kwargs)
-    return h, saved, rope, readout
+    return h, saved, rope, readout, attn_last
 
 
-def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None):
+def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None, pruner=None, attn_last=None):
     """Keep decision over all columns: (hard keep [batch, seq] bool, key bias [batch, seq], VIP logits).
 
-    The key bias is the additive log-mask on visual keys (0 / -inf for a hard decision, 0 on text).
+    The key bias is the additive log-mask on visual keys (0 / -inf for a hard decision, 0 on text). A
+    training-free pruner decides instead of the VIP (its logits are then zeros).
     """
     visual = inputs.visual_mask
     seq = visual.shape[1]
+    if pruner is not None:
+        logits = torch.zeros(visual.shape, device=visual.device)
+        pad = (0, seq - prompt)
+        signal = None if attn_last is None else torch.nn.functional.pad(attn_last, pad)
+        keep = pruner.keep_mask(inputs.inputs_embeds, visual, inputs.segments, signal)
+        return keep, key_bias(keep.float(), visual), logits
     logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
     if keep is not None:
         # A reused decision covers at least the prompt; later columns (a completion) are text and always kept.
@@ -246,6 +270,7 @@ def pruned_decoder_forward(
     mask_fn: MaskFn | None = None,
     prompt_length: int | None = None,
     noise: torch.Tensor | None = None,
+    pruner=None,
     **kwargs,
 ) -> tuple[torch.Tensor, GlimpseResult, object]:
     """Run the decoder with the glimpse; returns (last hidden states after the final norm, result, cache).
@@ -271,10 +296,10 @@ def pruned_decoder_forward(
         past_key_values = DynamicCache(config=text_model.config)
     cache = past_key_values if use_cache else None
 
-    h, saved, prompt_rope, readout = _prompt_with_glimpse(
-        text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, **kwargs
+    h, saved, prompt_rope, readout, attn_last = _prompt_with_glimpse(
+        text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, pruner, **kwargs
     )
-    keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise)
+    keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise, pruner, attn_last)
     prompt_mask = attention_mask[:, :prompt]
     if mode == "prune":
         keep[:, :prompt] &= prompt_mask.bool()  # prompt padding goes too; it is not text

@@ -17,6 +17,7 @@ max_pixels) is a baseline too, but it changes the input, not the selection, so i
 from .divprune import DivPruneSelector, divprune_order
 from .fastv import FastVSelector
 from .gprune import GPruneSelector, gprune_scores, gprune_transition
+from .pruner import TrainingFreePruner
 from .random_subset import RandomSelector
 from .registry import SELECTORS, SIGNALS, TokenSelector, build_selector, keep_count, register_selector, top_k_mask
 from .visionzip import VisionZipSelector, merge_into_kept, visionzip_split
@@ -29,6 +30,7 @@ __all__ = [
     "GPruneSelector",
     "RandomSelector",
     "TokenSelector",
+    "TrainingFreePruner",
     "VisionZipSelector",
     "build_selector",
     "divprune_order",

@@ -10,7 +10,7 @@ pruned layout.
 Extra forward keywords (all optional): glimpse_mode ("prune" | "mask" | "off"), glimpse_keep ([batch, seq] bool to
 reuse a keep decision), glimpse_mask_fn (masked mode: VIP logits -> log keep-probability, the relaxation used in training), glimpse_prompt_length (int: columns of the
 prompt when a completion follows it), glimpse_noise ([batch, seq] uniform noise: sample the keep mask instead of
-thresholding it; RL rollouts).
+thresholding it; RL rollouts), glimpse_pruner (a training-free pruner deciding instead of the VIP).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class GlimpseInnerMixin:
         glimpse_mask_fn=None,
         glimpse_prompt_length=None,
         glimpse_noise=None,
+        glimpse_pruner=None,
         **kwargs,
     ):
         vanilla = dict(
@@ -114,6 +115,7 @@ class GlimpseInnerMixin:
             mask_fn=glimpse_mask_fn,
             prompt_length=glimpse_prompt_length,
             noise=glimpse_noise,
+            pruner=glimpse_pruner,
             **kwargs,
         )
         return GlimpseModelOutput(last_hidden_state=hidden, past_key_values=cache, glimpse=result)
@@ -164,6 +166,7 @@ class GlimpseOuterMixin:
         glimpse_mask_fn=None,
         glimpse_prompt_length=None,
         glimpse_noise=None,
+        glimpse_pruner=None,
         **kwargs,
     ):
         outputs = self.model(
@@ -183,6 +186,7 @@ class GlimpseOuterMixin:
             glimpse_mask_fn=glimpse_mask_fn,
             glimpse_prompt_length=glimpse_prompt_length,
             glimpse_noise=glimpse_noise,
+            glimpse_pruner=glimpse_pruner,
             **kwargs,
         )
         glimpse = getattr(outputs, "glimpse", None)
