@@ -1,0 +1,224 @@
+"""Analytic prefill FLOPs of a Qwen2.5-VL model, unpruned and pruned by the glimpse.
+
+Counted: every matrix multiply, 2*m*n*k for a Linear (or the patch-embedding Conv3d) of m tokens from n to k
+features, and 2 * 2 * pairs * heads * head_dim for attention (scores q.k and the weighted sum of values) over `pairs`
+(query, key) pairs. Norms, activations, rotary embeddings, softmax and gathers are not counted (they are O(tokens *
+width), next to O(tokens * width**2)).
+
+Attention pairs:
+- decoder self-attention is causal and runs through SDPA with `is_causal=True` (no padding, batch 1), whose kernels
+  skip the masked half: S * (S + 1) / 2 pairs for S tokens;
+- the vision encoder's windowed and full-image attention and the VIP's attention within each image are
+  bidirectional: n**2 pairs per window / image;
+- the glimpse token is one query against the whole prompt and itself.
+
+The pruned prefill = vision encoder + decoder layers 0..K on the full prompt + the glimpse's own work (at each layer
+l < K: k/v projections of the whole prompt, one query's projections, attention and MLP; at layer K: its query and
+the prompt's keys, and the prompt's values, which the implementation computes and discards) + the VIP + layers K+1.. on (text + kept) tokens + the LM head on the last token.
+The unpruned prefill = vision encoder + every decoder layer on the full prompt + the LM head on the last token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+def linear(tokens: int, fan_in: int, fan_out: int) -> int:
+    """Multiply-add FLOPs of a Linear [tokens, fan_in] -> [tokens, fan_out]."""
+    return 2 * tokens * fan_in * fan_out
+
+
+def attention(pairs: int, heads: int, head_dim: int) -> int:
+    """Scores (q.k) plus the weighted sum of values over `pairs` (query, key) pairs."""
+    return 2 * 2 * pairs * heads * head_dim
+
+
+def causal_pairs(tokens: int) -> int:
+    return tokens * (tokens + 1) // 2
+
+
+@dataclass(frozen=True)
+class TextShape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """Qwen2.5-VL vision tower: windowed attention except in `full_blocks`, SwiGLU MLP, 2x2 patch merger."""
+
+    hidden: int
+    depth: int
+    heads: int
+    intermediate: int
+    out_hidden: int
+    patch_volume: int
+    """in_channels * temporal_patch * patch**2: the patch-embedding Conv3d's fan-in."""
+    merge: int
+    window: int
+    """Window side in merged tokens (window_size // merge // patch)."""
+    full_blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class VIPShape:
+    hidden: int
+    intermediate: int
+    blocks: int
+    readout_heads: int
+    vision_size: int
+
+
+def shapes_from_model(model) -> tuple[TextShape, VisionShape, VIPShape | None]:
+    """Read the shapes from a Qwen2.5-VL model (with or without a glimpse attached)."""
+    config = model.config
+    if config.model_type != "qwen2_5_vl":
+        raise ValueError(f"The analytic FLOP counter models the Qwen2.5-VL vision tower; got {config.model_type!r}.")
+    t, v = config.text_config, config.vision_config
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    text = TextShape(
+        t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, head_dim,
+        t.intermediate_size, t.vocab_size,
+    )  # fmt: skip
+    vision = VisionShape(
+        hidden=v.hidden_size,
+        depth=v.depth,
+        heads=v.num_heads,
+        intermediate=v.intermediate_size,
+        out_hidden=v.out_hidden_size,
+        patch_volume=v.in_channels * v.temporal_patch_size * v.patch_size**2,
+        merge=v.spatial_merge_size,
+        window=v.window_size // v.spatial_merge_size // v.patch_size,
+        full_blocks=tuple(v.fullatt_block_indexes),
+    )
+    glimpse = getattr(model.model, "glimpse", None)
+    vip = None
+    if glimpse is not None:
+        c = glimpse.config
+        vip = VIPShape(
+            c.vip_hidden_size, c.vip_intermediate_size, c.vip_num_blocks, t.num_attention_heads, v.hidden_size
+        )
+    return text, vision, vip
+
+
+def _window_sides(n: int, window: int) -> list[int]:
+    return [window] * (n // window) + ([n % window] if n % window else [])
+
+
+def vision_flops(shape: VisionShape, grid_thw: list[tuple[int, int, int]]) -> int:
+    """Vision encoder FLOPs for images given as (t, h, w) patch grids."""
+    total = 0
+    d, unit = shape.hidden, shape.merge**2
+    for t, h, w in grid_thw:
+        patches = t * h * w
+        per_block = linear(patches, d, 3 * d) + linear(patches, d, d) + 3 * linear(patches, d, shape.intermediate)
+        rows, cols = _window_sides(h // shape.merge, shape.window), _window_sides(w // shape.merge, shape.window)
+        window_pairs = t * sum((r * c * unit) ** 2 for r in rows for c in cols)
+        full_pairs = t * (h * w) ** 2
+        total += linear(patches, shape.patch_volume, d)
+        for block in range(shape.depth):
+            pairs = full_pairs if block in shape.full_blocks else window_pairs
+            total += per_block + attention(pairs, shape.heads, d // shape.heads)
+        merged = patches // unit
+        total += linear(merged, unit * d, unit * d) + linear(merged, unit * d, shape.out_hidden)
+    return total
+
+
+def decoder_layer_flops(shape: TextShape, tokens: int) -> int:
+    """One decoder layer over `tokens` causal tokens."""
+    q_out, kv_out = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    projections = 2 * linear(tokens, shape.hidden, q_out) + 2 * linear(tokens, shape.hidden, kv_out)
+    mlp = 3 * linear(tokens, shape.hidden, shape.intermediate)
+    return projections + mlp + attention(causal_pairs(tokens), shape.heads, shape.head_dim)
+
+
+def glimpse_flops(shape: TextShape, layer: int, prompt: int) -> int:
+    """The glimpse token's own work beside layers 0..K over a prompt of `prompt` tokens."""
+    q_out, kv_out = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    embeddings = (layer + 1) * linear(1, shape.hidden, shape.hidden)  # W e_l, one vector per layer
+    side_step = (
+        linear(prompt + 1, shape.hidden, 2 * kv_out)  # prompt keys/values recomputed, plus the glimpse's own
+        + 2 * linear(1, shape.hidden, q_out)  # its query and output projection
+        + attention(prompt + 1, shape.heads, shape.head_dim)
+        + 3 * linear(1, shape.hidden, shape.intermediate)
+    )
+    # At layer K only the keys are read, but models/forward.py glimpse_readout computes the prompt's values too
+    # (through the shared key/value helper) and drops them: counted, since the pruned forward executes it.
+    readout = linear(prompt, shape.hidden, 2 * kv_out) + linear(1, shape.hidden, q_out)
+    readout += 2 * prompt * shape.heads * shape.head_dim  # scores only
+    return embeddings + layer * side_step + readout
+
+
+def vip_flops(shape: VIPShape, image_tokens: list[int]) -> int:
+    """The VIP over each image's visual tokens (full attention within an image, one image at a time)."""
+    d, f = shape.hidden, shape.intermediate
+    total = 0
+    for n in image_tokens:
+        per_block = (
+            linear(n, shape.vision_size, d)  # conditioning projection
+            + 2 * linear(n, 2 * d, d)  # q, k from [x, cond]
+            + 2 * linear(n, d, d)  # v, o
+            + 3 * linear(n, d, f)  # SwiGLU
+            + attention(n * n, 1, d)  # heads * head_dim = d
+        )
+        total += linear(n, shape.readout_heads, d) + shape.blocks * per_block + linear(n, d, 1)
+    return total
+
+
+@dataclass
+class PrefillFlops:
+    vision: int
+    decoder_full: int
+    """Layers 0..K (pruned arm) or all layers (unpruned arm) on the full prompt."""
+    glimpse: int
+    vip: int
+    decoder_pruned: int
+    """Layers K+1.. on the pruned sequence (pruned arm only)."""
+    lm_head: int
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.decoder_full + self.glimpse + self.vip + self.decoder_pruned + self.lm_head
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def prefill_flops(
+    text: TextShape,
+    vision: VisionShape,
+    vip: VIPShape | None,
+    grid_thw: list[tuple[int, int, int]],
+    text_tokens: int,
+    kept: list[int] | None = None,
+    layer: int | None = None,
+) -> PrefillFlops:
+    """Prefill FLOPs of one sample: unpruned when `kept` is None, else pruned at `layer` keeping kept[i] tokens of
+    image i. text_tokens counts every non-visual prompt token."""
+    image_tokens = [t * h * w // vision.merge**2 for t, h, w in grid_thw]
+    prompt = text_tokens + sum(image_tokens)
+    common = dict(vision=vision_flops(vision, grid_thw), lm_head=linear(1, text.hidden, text.vocab))
+    if kept is None:
+        full = text.layers * decoder_layer_flops(text, prompt)
+        return PrefillFlops(decoder_full=full, glimpse=0, vip=0, decoder_pruned=0, **common)
+    if vip is None or layer is None:
+        raise ValueError("A pruned count needs the VIP shape and the glimpse layer K.")
+    short = text_tokens + sum(kept)
+    return PrefillFlops(
+        decoder_full=(layer + 1) * decoder_layer_flops(text, prompt),
+        glimpse=glimpse_flops(text, layer, prompt),
+        vip=vip_flops(vip, image_tokens),
+        decoder_pruned=(text.layers - layer - 1) * decoder_layer_flops(text, short),
+        **common,
+    )
+
+
+def simple_bound(layer: int, layers: int, kept_plus_text: int, all_tokens: int) -> float:
+    """method.md's bound: (K+1)/L + (1 - (K+1)/L) * (kept + text) / all (decoder only, no overheads)."""
+    before = (layer + 1) / layers
+    return before + (1 - before) * kept_plus_text / all_tokens

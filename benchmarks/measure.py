@@ -1,0 +1,272 @@
+"""Build the benchmark models and inputs, and measure one arm (pruned or unpruned): time, KV length, peak memory.
+
+The two arms share every base weight tensor: "pruned" is the model with a glimpse attached (`add_glimpse`), "unpruned"
+is the stock transformers class holding the same tensors, so the baseline runs no glimpse code at all (it generates
+the same tokens as `glimpse_mode="off"` on the pruned model) and its memory subprocess holds no glimpse weights.
+Timing and memory are measured around exactly the call that matters and synchronise the device (CUDA) first.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import multiprocessing
+import os
+import queue as queue_module
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from glimpserl.models import GlimpseConfig, add_glimpse
+from glimpserl.models.tiny import build_tiny_model, build_tiny_processor
+
+ARMS = ("unpruned", "pruned")
+PIXELS_PER_TOKEN = 28 * 28  # Qwen-VL: a 14 px patch, merged 2x2
+QUESTION = "What is written on the sign at the top left of the image? Answer with one word."
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines the benchmark model and input; rebuilt identically in a memory subprocess."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    layer_k: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    visual_tokens: int
+    keep_ratio: float
+    seed: int = 0
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Qwen's (temporal, height, width) split of the head_dim/2 rotary frequencies, [16, 24, 24] at head_dim 128."""
+    half = head_dim // 2
+    return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+
+
+def _full_attention_blocks(depth: int) -> list[int]:
+    """Qwen2.5-VL's vision tower uses full attention in every 8th block (7, 15, 23, 31 of 32), windows elsewhere."""
+    return [i for i in range(depth) if i % 8 == 7] or [depth - 1]
+
+
+def _build_base(spec: ModelSpec, processor):
+    """A random Qwen2.5-VL of the given shape (identical for identical specs)."""
+    if spec.hidden % spec.heads or spec.heads % spec.kv_heads:
+        raise ValueError(f"hidden {spec.hidden} / heads {spec.heads} / kv heads {spec.kv_heads} do not divide.")
+    head_dim = spec.hidden // spec.heads
+    text_config = dict(
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        intermediate_size=spec.intermediate,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _mrope_section(head_dim)},
+    )
+    vision_config = dict(
+        depth=spec.vision_layers,
+        hidden_size=spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        intermediate_size=spec.vision_hidden * 5 // 2,
+        fullatt_block_indexes=_full_attention_blocks(spec.vision_layers),
+    )
+    return build_tiny_model(
+        "qwen2_5_vl",
+        seed=spec.seed,
+        text_layers=spec.layers,
+        text_hidden=spec.hidden,
+        tokenizer=processor,
+        text_config=text_config,
+        vision_config=vision_config,
+    )
+
+
+def build_arm(spec: ModelSpec, processor, device: torch.device, arm: str, pruned=None):
+    """The model of one arm. "pruned": a glimpse keeping int(keep_ratio * n) tokens per image. "unpruned": the stock
+    model; given the pruned model, it holds the very same base tensors (no copy)."""
+    if arm not in ARMS:
+        raise ValueError(f"Unknown arm {arm!r}; choose one of {ARMS}.")
+    model = _build_base(spec, processor)
+    if arm == "pruned":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            # threshold 0 keeps every token, so the top-k cap decides: exactly int(keep_ratio * n) per image.
+            add_glimpse(model, GlimpseConfig(layer=spec.layer_k, threshold=0.0, max_keep_ratio=spec.keep_ratio))
+    elif pruned is not None:
+        shared = {k: v for k, v in pruned.state_dict().items() if ".glimpse." not in f".{k}"}
+        model.load_state_dict(shared, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+def build_inputs(spec: ModelSpec, device: torch.device):
+    """(processor, inputs): one square image of at least `visual_tokens` visual tokens and a short question."""
+    side = math.ceil(math.sqrt(spec.visual_tokens))  # visual tokens per side; 28 px each
+    pixels = side * side * PIXELS_PER_TOKEN
+    processor = build_tiny_processor("qwen2_5_vl", min_pixels=min(pixels, 4 * PIXELS_PER_TOKEN), max_pixels=pixels)
+    g = torch.Generator().manual_seed(spec.seed)
+    array = torch.randint(0, 256, (side * 28, side * 28, 3), generator=g, dtype=torch.uint8).numpy()
+    content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=[text], images=[Image.fromarray(array)], return_tensors="pt")
+    return processor, {k: v.to(device) for k, v in inputs.items()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    wall: float
+    """Elapsed seconds (what a user waits)."""
+    cpu: float
+    """CPU seconds of this process, all threads (with one thread: robust to other jobs sharing the cores)."""
+
+
+def _now() -> Timing:
+    return Timing(time.perf_counter(), time.process_time())
+
+
+def _since(start: Timing, end: Timing, steps: int = 1) -> Timing:
+    return Timing((end.wall - start.wall) / steps, (end.cpu - start.cpu) / steps)
+
+
+@torch.inference_mode()
+def time_prefill(model, inputs: dict) -> tuple[Timing, int, object]:
+    """One prefill forward with a cache: (time, KV length, glimpse result or None).
+
+    logits_to_keep=1: the LM head runs on the last position only, as in generation, in both arms.
+    """
+    device = inputs["input_ids"].device
+    sync(device)
+    start = _now()
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    sync(device)
+    elapsed = _since(start, _now())
+    return elapsed, out.past_key_values.get_seq_length(), getattr(out, "glimpse", None)
+
+
+class StepClock(StoppingCriteria):
+    """Timestamps every generation step; generate calls stopping criteria once per new token, never stops here."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stamps: list[Timing] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        sync(self.device)
+        self.stamps.append(_now())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def generate(model, inputs: dict, new_tokens: int, clock: StoppingCriteria | None = None):
+    criteria = StoppingCriteriaList([clock] if clock is not None else [])
+    with torch.inference_mode():
+        return model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,  # EOS cannot end an arm early
+            do_sample=False,
+            stopping_criteria=criteria,
+            return_dict_in_generate=True,
+        )
+
+
+def time_decode(model, inputs: dict, new_tokens: int) -> Timing:
+    """Time per decode step: from the first to the last generated token of a greedy generate, divided by the
+    new_tokens - 1 forwards in between (so neither the prefill nor generate's set-up is counted)."""
+    if new_tokens < 2:
+        raise ValueError("Timing decode needs at least 2 new tokens.")
+    clock = StepClock(inputs["input_ids"].device)
+    out = generate(model, inputs, new_tokens, clock)
+    if out.sequences.shape[1] - inputs["input_ids"].shape[1] != new_tokens:
+        raise RuntimeError(f"generate made {out.sequences.shape[1]} tokens, not {new_tokens}.")
+    return _since(clock.stamps[0], clock.stamps[-1], new_tokens - 1)
+
+
+def _tensor_bytes(model, inputs: dict) -> int:
+    """Bytes of the model's parameters and buffers plus the input tensors: what is resident before a call."""
+    tensors = [*model.parameters(), *model.buffers(), *inputs.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _profiled_peak_bytes(fn) -> int:
+    """Peak of the net CPU tensor bytes allocated while fn() runs, from the torch profiler's memory events.
+
+    Each event carries the allocator's running total ("Total Allocated"); the total before the first event is the
+    baseline. Run it in a fresh process: that running total only follows tensors allocated while profiling.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    memory = sorted(
+        (e for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0),
+        key=lambda e: e["ts"],
+    )
+    if not memory:
+        return 0
+    baseline = memory[0]["args"]["Total Allocated"] - memory[0]["args"]["Bytes"]
+    return max(e["args"]["Total Allocated"] for e in memory) - baseline
+
+
+def peak_memory(model, inputs: dict, new_tokens: int) -> dict:
+    """Peak tensor memory of one generate (prefill + new_tokens), in bytes: `before` (resident before the call),
+    `delta` (peak above it) and `peak` (before + delta).
+
+    CUDA: torch.cuda.max_memory_allocated. CPU: the torch profiler's allocation events (`_profiled_peak_bytes`),
+    in a fresh process (`peak_memory_subprocess`); before = weights, buffers and inputs. Both count tensors only: no
+    allocator caching or fragmentation, which on a CPU depends on the allocator and on the OS reclaiming pages.
+    """
+    device = inputs["input_ids"].device
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        generate(model, inputs, new_tokens)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"method": "torch.cuda.max_memory_allocated", "before": before, "peak": peak, "delta": peak - before}
+    before = _tensor_bytes(model, inputs)
+    delta = _profiled_peak_bytes(lambda: generate(model, inputs, new_tokens))
+    return {"method": "torch profiler CPU tensor memory", "before": before, "peak": before + delta, "delta": delta}
+
+
+def _memory_child(spec: ModelSpec, arm: str, new_tokens: int, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    processor, inputs = build_inputs(spec, torch.device("cpu"))
+    model = build_arm(spec, processor, torch.device("cpu"), arm)
+    queue.put(peak_memory(model, inputs, new_tokens))
+
+
+def peak_memory_subprocess(spec: ModelSpec, arm: str, new_tokens: int, threads: int) -> dict:
+    """CPU: measure `peak_memory` in a fresh (spawned) process, so no earlier run's peak or cache hides it."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_memory_child, args=(spec, arm, new_tokens, threads, queue))
+    child.start()
+    result = None
+    while result is None and child.is_alive():
+        try:
+            result = queue.get(timeout=1.0)
+        except queue_module.Empty:
+            continue
+    if result is None and not queue.empty():  # the child finished between two polls
+        result = queue.get()
+    child.join()
+    if result is None or child.exitcode != 0:
+        raise RuntimeError(f"The memory subprocess of the {arm} arm failed with exit code {child.exitcode}.")
+    return result
