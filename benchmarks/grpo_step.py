@@ -31,9 +31,20 @@ def _dataset(folder, image_size: int, rows: int):
 
 def _common(output_dir: str, steps: int) -> dict:
     return dict(
-        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=8, learning_rate=1e-4, beta=0.04, save_strategy="no", logging_steps=1,
-        report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, remove_unused_columns=False,
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-4,
+        beta=0.04,
+        save_strategy="no",
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        remove_unused_columns=False,
     )
 
 
@@ -53,14 +64,22 @@ def _run_arm(arm: str, dataset, processor, keep_ratio: float, steps: int) -> lis
             lora = LoraConfig(r=8, lora_alpha=16, target_modules=get_adapter(model).lora_target_modules())
             args = GRPOConfig(**_common(out, steps))
             trainer = GRPOTrainer(
-                model, [build_reward("exact_match")], args=args, train_dataset=dataset,
-                processing_class=processor, peft_config=lora,
+                model,
+                [build_reward("exact_match")],
+                args=args,
+                train_dataset=dataset,
+                processing_class=processor,
+                peft_config=lora,
             )
         else:
             ratio = keep_ratio if arm == "pruned" else None
             add_glimpse(model, GlimpseConfig(layer=2, threshold=0.0, max_keep_ratio=ratio))
             args = GlimpseGRPOConfig(
-                **_common(out, steps), mask_policy="deterministic", rewards=["exact_match"], lora_r=8, lora_alpha=16,
+                **_common(out, steps),
+                mask_policy="deterministic",
+                rewards=["exact_match"],
+                lora_r=8,
+                lora_alpha=16,
                 lora_dropout=0.0,
             )
             trainer = GlimpseGRPOTrainer(model, args, dataset, processor)

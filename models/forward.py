@@ -60,65 +60,92 @@ class GlimpseInputs:
     """(rows, cols) of each image's visual-token grid, images in order."""
 
 
-def _kv(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
-    """Rotated keys and values [batch, kv_heads, tokens, head_dim] of a normed input [batch, tokens, hidden]."""
+def _keys(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
+    """Rotated keys [batch, kv_heads, tokens, head_dim] of a normed input [batch, tokens, hidden]."""
     b, t, _ = x.shape
     k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    k, _ = rotary(k, k, cos, sin)
-    return k, v
+    return rotary(k, k, cos, sin)[0]
+
+
+def _values(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    b, t, _ = x.shape
+    return attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
 
 
 def _query(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
     b, t, _ = x.shape
     q = attn.q_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    q, _ = rotary(q, q, cos, sin)
-    return q
+    return rotary(q, q, cos, sin)[0]
 
 
-def side_layer_step(layer, x, x_rope, x_mask, prompt_h, prompt_rope, prompt_bias, rotary):
+def _grouped(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[batch, heads, tokens, d] -> [batch, kv_heads, groups * tokens, d]: GQA without copying keys/values."""
+    b, h, t, d = q.shape
+    return q.reshape(b, kv_heads, (h // kv_heads) * t, d)
+
+
+def side_layer_step(layer, x, x_rope, x_mask, prompt_h, prompt_rope, prompt_bias, rotary, prompt_kv=None):
     """Advance side tokens x [batch, side, hidden] (the glimpse, or a completion) through one decoder layer.
 
-    They attend to the prompt states prompt_h [batch, prompt, hidden] with an additive per-key bias
-    prompt_bias [batch, prompt] (0 = visible, -inf = hidden, log p = soft keep), and causally to each other
-    (x_mask [batch, side] marks real side tokens). Nothing in the prompt attends to them.
+    They attend to the prompt with an additive per-key bias prompt_bias [batch, prompt] (0 = visible,
+    -inf = hidden, log p = soft keep), and causally to each other (x_mask [batch, side] marks real side tokens).
+    Nothing in the prompt attends to them. The prompt's rotated keys and values come from prompt_kv (the layer's
+    cache, when generating) or are computed from its input states prompt_h [batch, prompt, hidden].
     """
     attn = layer.self_attn
     normed = layer.input_layernorm(x)
     q = _query(attn, normed, *x_rope, rotary)
-    k_x, v_x = _kv(attn, normed, *x_rope, rotary)
-    k_p, v_p = _kv(attn, layer.input_layernorm(prompt_h), *prompt_rope, rotary)
-    groups = q.shape[1] // k_x.shape[1]
-    k = torch.cat([k_p, k_x], dim=2).repeat_interleave(groups, dim=1)
-    v = torch.cat([v_p, v_x], dim=2).repeat_interleave(groups, dim=1)
-    side = x.shape[1]
+    k_x, v_x = _keys(attn, normed, *x_rope, rotary), _values(attn, normed)
+    if prompt_kv is None:
+        prompt_normed = layer.input_layernorm(prompt_h)
+        prompt_kv = (_keys(attn, prompt_normed, *prompt_rope, rotary), _values(attn, prompt_normed))
+    k = torch.cat([prompt_kv[0], k_x], dim=2)
+    v = torch.cat([prompt_kv[1], v_x], dim=2)
+    batch, heads, side, head_dim = q.shape
     eye = torch.eye(side, dtype=torch.bool, device=x.device)
     causal = (torch.ones_like(eye).tril() & x_mask.bool()[:, None, :]) | eye
     side_bias = torch.zeros(causal.shape, device=x.device).masked_fill(~causal, float("-inf"))
     bias = torch.cat([prompt_bias.float()[:, None, :].expand(-1, side, -1), side_bias], dim=-1)
-    scores = (q @ k.transpose(-1, -2)).float() * attn.scaling + bias[:, None]
-    out = (scores.softmax(-1).to(v.dtype) @ v).transpose(1, 2).reshape(x.shape[0], side, -1)
-    x = x + attn.o_proj(out)
+    scores = (_grouped(q, k.shape[1]) @ k.transpose(-1, -2)).float().view(batch, heads, side, -1)
+    probs = (scores * attn.scaling + bias[:, None]).softmax(-1).to(v.dtype)
+    out = (_grouped(probs, k.shape[1]) @ v).view(batch, heads, side, head_dim)
+    x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, side, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
-def glimpse_readout(layer, g, prompt_h, prompt_rope, g_rope, prompt_mask, rotary, readout: str) -> torch.Tensor:
+def glimpse_readout(
+    layer, g, prompt_h, prompt_rope, g_rope, prompt_mask, rotary, readout: str, prompt_keys=None
+) -> torch.Tensor:
     """Per-head logits q.k/sqrt(d) of the glimpse query against every prompt key at layer K: [batch, heads, prompt].
 
-    With readout="log_softmax" they are normalised over the prompt keys and the glimpse's own key.
+    With readout="log_softmax" they are normalised over the prompt keys and the glimpse's own key. The prompt keys
+    come from prompt_keys (the layer's cache) or are computed from prompt_h.
     """
     attn = layer.self_attn
     x = layer.input_layernorm(g)
     q = _query(attn, x, *g_rope, rotary)
-    k_p, _ = _kv(attn, layer.input_layernorm(prompt_h), *prompt_rope, rotary)
-    groups = q.shape[1] // k_p.shape[1]
-    scores = (q @ k_p.repeat_interleave(groups, dim=1).transpose(-1, -2)).float().squeeze(2) * attn.scaling
+    if prompt_keys is None:
+        prompt_keys = _keys(attn, layer.input_layernorm(prompt_h), *prompt_rope, rotary)
+    batch, heads = q.shape[:2]
+    scores = (_grouped(q, prompt_keys.shape[1]) @ prompt_keys.transpose(-1, -2)).float()
+    scores = scores.view(batch, heads, -1) * attn.scaling
     if readout == "log_softmax":
-        k_g, _ = _kv(attn, x, *g_rope, rotary)
-        self_score = (q * k_g.repeat_interleave(groups, dim=1)).sum(-1).float() * attn.scaling
+        k_g = _keys(attn, x, *g_rope, rotary)
+        self_score = (_grouped(q, k_g.shape[1]) @ k_g.transpose(-1, -2)).float().view(batch, heads, 1) * attn.scaling
         masked = scores.masked_fill(~prompt_mask.bool()[:, None, :], float("-inf"))
         scores = scores - torch.logsumexp(torch.cat([masked, self_score], dim=-1), dim=-1, keepdim=True)
     return scores
+
+
+def _last_token_attention(layer, h, rope, prompt_mask, rotary, prompt_keys=None) -> torch.Tensor:
+    """FastV's signal: attention of the last prompt token over the prompt keys at this layer, mean over heads.
+
+    h: [batch, prompt, hidden] (the layer's input). Returns [batch, prompt].
+    """
+    last_rope = (rope[0][:, -1:], rope[1][:, -1:])
+    logits = glimpse_readout(layer, h[:, -1:], h, rope, last_rope, prompt_mask, rotary, "logits", prompt_keys)
+    logits = logits.masked_fill(~prompt_mask.bool()[:, None, :], float("-inf"))
+    return logits.softmax(-1).mean(1)
 
 
 def _vip_logits(glimpse: GlimpseModule, readout: torch.Tensor, inputs: GlimpseInputs) -> torch.Tensor:
@@ -179,17 +206,6 @@ def _run_layers(text_model, layer_range, h, mask, rope, cache, use_cache, **kwar
     return h
 
 
-def _last_token_attention(layer, h, rope, prompt_mask, rotary) -> torch.Tensor:
-    """FastV's signal: attention of the last prompt token over the prompt keys at this layer, mean over heads.
-
-    h: [batch, prompt, hidden] (the layer's input). Returns [batch, prompt].
-    """
-    last_rope = (rope[0][:, -1:], rope[1][:, -1:])
-    logits = glimpse_readout(layer, h[:, -1:], h, rope, last_rope, prompt_mask, rotary, "logits")
-    logits = logits.masked_fill(~prompt_mask.bool()[:, None, :], float("-inf"))
-    return logits.softmax(-1).mean(1)
-
-
 def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_inputs, pruner, **kwargs):
     """Layers 0..K on the prompt columns, the glimpse beside them, and its read-out at layer K.
 
@@ -212,19 +228,22 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     saved, readout, attn_last = [], None, None
     for idx in range(cfg.layer + 1):
         layer = text_model.layers[idx]
+        h_in = h
         if keep_inputs:
-            saved.append(h)
+            saved.append(h_in)
+        h = _run_layers(text_model, [idx], h, mask, rope, cache, use_cache, **kwargs)
+        # When generating, the layer just cached the prompt's rotated keys and values: the glimpse reads them.
+        kv = (cache.layers[idx].keys, cache.layers[idx].values) if cache is not None else None
         if pruner is not None:
             if idx == cfg.layer and pruner.needs_attn_last:
-                attn_last = _last_token_attention(layer, h, rope, attention_mask, rotary)
+                attn_last = _last_token_attention(layer, h_in, rope, attention_mask, rotary, kv and kv[0])
+            continue
+        if idx > 0:
+            g = g + glimpse.embedding(idx).to(h.dtype)
+        if idx < cfg.layer:
+            g = side_layer_step(layer, g, g_rope, g_mask, h_in, rope, g_bias, rotary, kv)
         else:
-            if idx > 0:
-                g = g + glimpse.embedding(idx).to(h.dtype)
-            if idx < cfg.layer:
-                g = side_layer_step(layer, g, g_rope, g_mask, h, rope, g_bias, rotary)
-            else:
-                readout = glimpse_readout(layer, g, h, rope, g_rope, attention_mask, rotary, cfg.readout)
-        h = _run_layers(text_model, [idx], h, mask, rope, cache, use_cache, **kwargs)
+            readout = glimpse_readout(layer, g, h_in, rope, g_rope, attention_mask, rotary, cfg.readout, kv and kv[0])
     return h, saved, rope, readout, attn_last
 
 
