@@ -53,3 +53,12 @@ def test_recipe_headers_state_the_launch_command():
         head = path.read_text().splitlines()[:6]
         launch = [line for line in head if "Launch:" in line]
         assert launch and f"train {path.relative_to(ROOT)}" in launch[0], path
+
+
+def test_ruff_lint_and_format_are_clean():
+    import subprocess
+    import sys
+
+    for args in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
