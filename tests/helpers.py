@@ -21,3 +21,18 @@ def batch(processor, questions: list[str], images: list[list[Image.Image]]) -> d
     texts = [prompt(processor, q, len(imgs)) for q, imgs in zip(questions, images)]
     flat = [img for imgs in images for img in imgs]
     return dict(processor(text=texts, images=flat, return_tensors="pt", padding=True))
+
+
+def tiny_recipe(source, dest, data_dir, max_pixels: int = 112 * 112):
+    """A copy of a shipped tiny recipe pointed at a small synthetic set (train.jsonl / test.jsonl in data_dir)."""
+    from pathlib import Path
+
+    text = (
+        Path(source)
+        .read_text()
+        .replace("eval_dataset: builtin:synth", f"eval_dataset: {Path(data_dir) / 'test.jsonl'}")
+        .replace("\ndataset: builtin:synth", f"\ndataset: {Path(data_dir) / 'train.jsonl'}")
+        .replace("max_pixels: 200704", f"max_pixels: {max_pixels}")
+    )
+    Path(dest).write_text(text)
+    return Path(dest)

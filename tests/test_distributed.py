@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_recipe
 from safetensors.torch import load_file
 
 from glimpserl.models import glimpse_module, load_glimpse
@@ -21,48 +22,29 @@ ROOT = Path(__file__).resolve().parents[1]
 def recipe(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dist")
     data = write_synth(folder / "synth", n_train=8, n_test=4, image_size=112, seed=0)
-    path = folder / "recipe.yaml"
-    path.write_text(
-        (ROOT / "recipes/tiny/vip.yaml")
-        .read_text()
-        .replace("eval_dataset: builtin:synth", f"eval_dataset: {data / 'test.jsonl'}")
-        .replace("\ndataset: builtin:synth", f"\ndataset: {data / 'train.jsonl'}")
-        .replace("max_pixels: 200704", "max_pixels: 12544")
-    )
-    return path
+    return tiny_recipe(ROOT / "recipes/tiny/vip.yaml", folder / "recipe.yaml", data)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("launch_config", ["cpu_zero2.yaml", "cpu_zero3.yaml"])
-def test_two_process_deepspeed_run_saves_loadable_glimpse(recipe, tmp_path, launch_config):
-    out = tmp_path / "run"
+def _launch(launch_config: str, recipe, out, *extra: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` with a shipped CPU config: 2 processes running `glimpserl train` for 2 steps."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions")),
     }
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch" / launch_config),
-        "-m",
-        "glimpserl.cli",
-        "train",
-        str(recipe),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "2",
-        "--save_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "2",
-        "--logging_steps",
-        "1",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / launch_config),
+        "-m", "glimpserl.cli", "train", str(recipe), "--output_dir", str(out), "--max_steps", "2",
+        "--save_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1", *extra,
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch_config", ["cpu_zero2.yaml", "cpu_zero3.yaml"])
+def test_two_process_deepspeed_run_saves_loadable_glimpse(recipe, tmp_path, launch_config):
+    out = tmp_path / "run"
+    done = _launch(launch_config, recipe, out)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     results = json.loads((out / "eval_results.json").read_text())
     assert results["global_step"] == 2 and results["eval"]["samples"] == 4
@@ -80,14 +62,7 @@ def test_two_process_deepspeed_run_saves_loadable_glimpse(recipe, tmp_path, laun
 def grpo_recipe(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dist_grpo")
     data = write_synth(folder / "synth", n_train=8, n_test=2, image_size=112, seed=0)
-    path = folder / "recipe.yaml"
-    path.write_text(
-        (ROOT / "recipes/tiny/grpo.yaml")
-        .read_text()
-        .replace("\ndataset: builtin:synth", f"\ndataset: {data / 'train.jsonl'}")
-        .replace("max_pixels: 200704", "max_pixels: 12544")
-    )
-    return path
+    return tiny_recipe(ROOT / "recipes/tiny/grpo.yaml", folder / "recipe.yaml", data)
 
 
 @pytest.mark.slow
@@ -102,36 +77,7 @@ def grpo_recipe(tmp_path_factory):
 )
 def test_two_process_grpo(grpo_recipe, tmp_path, launch_config, extra):
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions")),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch" / launch_config),
-        "-m",
-        "glimpserl.cli",
-        "train",
-        str(grpo_recipe),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "2",
-        "--save_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "2",
-        "--num_generations",
-        "2",
-        "--logging_steps",
-        "1",
-        *extra,
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    done = _launch(launch_config, grpo_recipe, out, "--num_generations", "2", *extra)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     weights = "model.safetensors" if "--use_lora" in extra else "adapter_model.safetensors"
     assert (out / weights).is_file() and (out / "glimpse.safetensors").is_file()

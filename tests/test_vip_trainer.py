@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_recipe
 
 from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module
 from glimpserl.models.loading import load_processor
@@ -94,15 +95,7 @@ def test_sparsity_penalty_lowers_the_keep_probability(synth_dir, tmp_path):
 
 
 def _recipe(tmp_path, synth_dir) -> Path:
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        (ROOT / "recipes/tiny/vip.yaml")
-        .read_text()
-        .replace("eval_dataset: builtin:synth", f"eval_dataset: {synth_dir / 'test.jsonl'}")
-        .replace("\ndataset: builtin:synth", f"\ndataset: {synth_dir / 'train.jsonl'}")
-        .replace("max_pixels: 200704", f"max_pixels: {MAX_PIXELS}")
-    )
-    return recipe
+    return tiny_recipe(ROOT / "recipes/tiny/vip.yaml", tmp_path / "recipe.yaml", synth_dir, MAX_PIXELS)
 
 
 def _cli(*args) -> list[str]:
