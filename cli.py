@@ -163,6 +163,32 @@ def _run_train(args) -> int:
     return train.main([args.recipe, *args.overrides])
 
 
+def _add_eval(subparsers) -> None:
+    from .rl.eval_config import add_eval_arguments
+
+    p = subparsers.add_parser(
+        "eval",
+        help="Compare the glimpse with training-free pruners on a VQA set (metric, keep ratio, KV length, time).",
+        description="Batched greedy generation with each pruner over the same rows: the metric (a reward from "
+        "glimpserl.rewards), keep ratio, kept tokens, KV length after prefill, prefill and decode time, and box "
+        "recall. Prints a markdown table and writes JSON with --out. With no arguments it runs the baselines on the "
+        "built-in tiny model and the built-in synthetic test set.",
+    )
+    add_eval_arguments(p)
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from .rl.eval_config import EvalSettings
+    from .rl.evaluate import run_eval
+
+    report = run_eval(EvalSettings.from_args(args))
+    print(report["table"])
+    if args.out:
+        print(f"results: {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glimpserl",
@@ -174,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_visualize(subparsers)
     _add_data(subparsers)
     _add_export(subparsers)
+    _add_eval(subparsers)
     return parser
 
 

@@ -142,18 +142,26 @@ def export_run(
     return out
 
 
-def load_exported(path: str | os.PathLike, base: str | None = None, dtype: str = "float32", merge: bool = False):
+def load_exported(
+    path: str | os.PathLike,
+    base: str | None = None,
+    dtype: str = "float32",
+    merge: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+):
     """(model with its glimpse, processor) from an export of either form, or straight from a run folder.
 
     An adapter folder loads its base (`base` or the adapter config's) and returns a `PeftModel`, or the merged
-    model with `merge=True`. The processor comes from the folder, else from the base model.
+    model with `merge=True`. The processor comes from the folder, else from the base model; min/max_pixels override
+    its image-size bounds.
     """
     run = inspect_run(path, base)
     model = _load_weights(run, dtype, merge)
     if run.has_processor:
-        processor = load_processor(str(run.path))
+        processor = load_processor(str(run.path), min_pixels, max_pixels)
     elif run.base is not None:
-        processor = load_processor(run.base)
+        processor = load_processor(run.base, min_pixels, max_pixels)
     else:
         raise FileNotFoundError(f"{run.path} has no processor files and no base model to take them from.")
     return model.eval(), processor

@@ -306,6 +306,16 @@ def write_synth(
     return out_dir
 
 
+def cached_synth(n_train: int, n_test: int, image_size: int, seed: int) -> Path:
+    """The built-in synthetic set (`builtin:synth`) with these settings, written once into glimpserl's cache."""
+    from ..models.loading import cache_dir
+
+    folder = cache_dir() / f"synth-seed{seed}-n{n_train}-{n_test}-{image_size}"
+    if not (folder / "dataset.json").is_file():  # dataset.json is written last: its presence means complete
+        write_synth(folder, n_train, n_test, image_size, seed, overwrite=True)
+    return folder
+
+
 def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `synth` options to `parser` (usable as a sub-command parser)."""
     parser.add_argument("--out", required=True, type=Path, help="Output folder (created; must be empty).")

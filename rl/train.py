@@ -18,15 +18,12 @@ BUILTIN_SYNTH = "builtin:synth"
 
 def materialize_synth(train_args) -> Path:
     """Write the built-in synthetic set once per (size, seed) into the cache and return its folder."""
-    from ..models.loading import cache_dir
-    from .synth import write_synth
+    from .synth import cached_synth
 
-    size = train_args.synth_image_size
-    folder = cache_dir() / f"synth-seed{train_args.seed}-n{train_args.synth_train}-{train_args.synth_test}-{size}"
     with train_args.main_process_first(desc="built-in synthetic data"):
-        if not (folder / "dataset.json").is_file():  # dataset.json is written last: its presence means complete
-            write_synth(folder, train_args.synth_train, train_args.synth_test, size, train_args.seed, overwrite=True)
-    return folder
+        return cached_synth(
+            train_args.synth_train, train_args.synth_test, train_args.synth_image_size, train_args.seed
+        )
 
 
 def resolve_data(data_args, train_args):

@@ -1,0 +1,269 @@
+"""`glimpserl eval`: answer quality and cost of the glimpse against training-free pruners, on one VQA set.
+
+Every pruner runs batched greedy generation over the same rows; the metric is a reward from `glimpserl.rewards`
+(its answer extraction included), so evaluation and RL score answers the same way. Per pruner: the metric, keep
+ratio, kept / visual tokens, KV length after prefill, prefill and decode time, and box recall / precision of the kept
+tokens where rows have boxes. Baselines keep the glimpse's measured mean keep ratio (matched) or a fixed one.
+
+    glimpserl eval --model builtin:tiny-qwen2_5_vl --glimpse outputs/vip --dataset builtin:synth --out eval.json
+    glimpserl eval --run exports/grpo-500 --dataset data/docvqa/val.jsonl --pruners glimpse,gprune,none
+
+Timing: a stopping criterion stamps the clock after every generated token of the generate call. Prefill = start of
+the call to the first stamp (vision encoder, prefill forward, first token); decode per token = the mean gap between
+later stamps (one decode step of the whole batch). Both are per batch of --batch-size rows. Downsampling shrinks
+each image by sqrt(keep ratio) per side and lowers the processor's max_pixels by the keep ratio, so an image gets
+about keep-ratio times its visual tokens whether or not max_pixels bounded it (min_pixels and the patch grid round
+it; the measured ratio is reported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .eval_config import BUILTIN_MODEL, BUILTIN_SYNTH, DOWNSAMPLE, GLIMPSE, UNPRUNED, EvalSettings
+from .eval_report import arm_summary, markdown_table
+
+logger = logging.getLogger("glimpserl")
+# builtin:synth is the training recipes' default set (their synth_* defaults and TrainingArguments' seed 42), so
+# its test split is the one stage-1 / stage-2 runs held out.
+SYNTH_DEFAULTS = {"n_train": 200, "n_test": 50, "image_size": 448, "seed": 42}
+NOT_COLUMNS = ("images", "prompt")
+
+
+@dataclass
+class Arm:
+    """One row of the comparison: how generation is called, and on which inputs."""
+
+    name: str
+    generate_kwargs: dict = field(default_factory=dict)
+    target_keep_ratio: float | None = None
+    shrink: float | None = None
+    """Downsampling: the fraction of each image's pixels (and of max_pixels) kept."""
+
+
+def make_arm(name: str, keep_ratio: float | None, seed: int) -> Arm:
+    from ..models.baselines import TrainingFreePruner
+
+    if name == GLIMPSE:
+        return Arm(name)
+    if name == UNPRUNED:
+        return Arm(name, {"glimpse_mode": "off"})
+    if name == DOWNSAMPLE:
+        return Arm(name, {"glimpse_mode": "off"}, keep_ratio, shrink=keep_ratio)
+    pruner = TrainingFreePruner.build(name, keep_ratio=keep_ratio, seed=seed)
+    return Arm(name, {"glimpse_pruner": pruner}, keep_ratio)
+
+
+def run_eval(settings: EvalSettings) -> dict:
+    """Evaluate every pruner of `settings`; returns the report (see `eval_report`), written to settings.out."""
+    from transformers import set_seed
+
+    from ..rewards import build_reward
+
+    set_seed(settings.seed)
+    reward = build_reward(settings.metric)
+    samples, source = load_samples(settings, reward)
+    model, processor = load_eval_model(settings)
+    target = settings.keep_ratio
+    results = []
+    for name in settings.pruners:
+        arm = make_arm(name, None if name in (GLIMPSE, UNPRUNED) else target, settings.seed)
+        results.append(run_arm(model, processor, samples, arm, settings, reward))
+        if name == GLIMPSE and settings.matched:
+            target = results[-1]["keep_ratio"]
+    report = {
+        "settings": {**dataclasses.asdict(settings), "keep_ratio_mode": "matched" if settings.matched else "fixed"},
+        "dataset": {"source": source, "rows": len(samples)},
+        "baseline_keep_ratio": target if settings.baselines or DOWNSAMPLE in settings.pruners else None,
+        "results": results,
+    }
+    report["table"] = markdown_table(report)
+    if settings.out:
+        out = Path(settings.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def metric_columns(reward, answer_column: str) -> dict[str, str]:
+    """Dataset columns the metric reads: {column in the canonical rows: column in the source}."""
+    columns = {}
+    for attr, column in vars(reward).items():
+        if attr.endswith("_column") and column:
+            columns[column] = answer_column if attr == "answer_column" else column
+    return columns
+
+
+def load_samples(settings: EvalSettings, reward):
+    """(conversational rows, source description); fails before any model loads if the metric lacks a column."""
+    from .data import DataConfig, conversation_dataset, load_vqa
+    from .data_sources import read_table
+    from .synth import cached_synth
+
+    path = settings.dataset
+    if path == BUILTIN_SYNTH:
+        path = str(cached_synth(**SYNTH_DEFAULTS) / f"{settings.split}.jsonl")
+    columns = metric_columns(reward, settings.answer_column)
+    table = read_table(path, settings.split)
+    for source_column in columns.values():
+        if source_column not in table.columns:
+            raise ValueError(
+                f"{table.source}: the metric {settings.metric!r} needs the column {source_column!r}, which the "
+                f"dataset lacks (columns: {table.columns}). Point --answer-column at the answers, or pick another "
+                "--metric."
+            )
+    config = DataConfig(
+        dataset=path,
+        split=settings.split,
+        answer_column=settings.answer_column,
+        max_samples=settings.max_samples,
+        extra_columns=[c for c in columns if c != "answer"],
+    )
+    dataset, report = load_vqa(config)
+    logger.info("%s", report.summary())
+    return conversation_dataset(dataset, config), table.source
+
+
+def load_eval_model(settings: EvalSettings):
+    """(model with a glimpse, processor). Without glimpse weights a fresh glimpse is attached: the baselines prune
+    at its layer K, and its untrained VIP is never used."""
+    from ..models import GlimpseConfig, add_glimpse, glimpse_module, load_glimpse
+    from ..models.loading import load_model, load_processor
+    from .export import load_exported
+
+    if settings.run_dir:
+        model, processor = load_exported(
+            settings.run_dir, settings.model, settings.dtype, True, settings.min_pixels, settings.max_pixels
+        )
+    else:
+        name = settings.model or BUILTIN_MODEL
+        processor = load_processor(name, settings.min_pixels, settings.max_pixels)
+        model = load_model(name, settings.dtype)
+        if settings.glimpse:
+            load_glimpse(model, settings.glimpse)
+        else:
+            add_glimpse(model, GlimpseConfig())
+    module = glimpse_module(model)
+    overrides = {"threshold": settings.threshold, "max_keep_ratio": settings.max_keep_ratio}
+    module.config = dataclasses.replace(module.config, **{k: v for k, v in overrides.items() if v is not None})
+    return model.eval(), processor
+
+
+class StepClock(StoppingCriteria):
+    """Stamps the wall clock after every generated token (the prefill's included); never stops generation."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if input_ids.is_cuda:
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def encode(processor, rows: list[dict], shrink: float | None = None) -> dict:
+    """Left-padded prompt batch; `shrink` keeps that fraction of every image's pixels (downsampling)."""
+    texts = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True) for row in rows]
+    images = [image for row in rows for image in row["images"]]
+    kwargs = {}
+    if shrink is not None and shrink < 1.0:
+        scale = math.sqrt(shrink)
+        images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale)))) for im in images]
+        size = getattr(processor.image_processor, "size", None)
+        longest, shortest = getattr(size, "longest_edge", None), getattr(size, "shortest_edge", None)
+        if longest:
+            kwargs["size"] = {"shortest_edge": shortest, "longest_edge": max(int(longest * shrink), shortest or 1)}
+    return dict(processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left", **kwargs))
+
+
+def generate(model, inputs: dict, arm: Arm, max_new_tokens: int):
+    """Greedy generate; returns (output, prefill seconds, decode seconds, decode steps)."""
+    clock = StepClock()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            return_dict_in_generate=True,
+            stopping_criteria=StoppingCriteriaList([clock]),
+            **arm.generate_kwargs,
+        )
+    stamps = clock.stamps or [time.perf_counter()]
+    return out, stamps[0] - start, stamps[-1] - stamps[0], len(stamps) - 1
+
+
+def run_arm(model, processor, samples, arm: Arm, settings: EvalSettings, reward) -> dict:
+    """Generate, score and measure one pruner over all samples; returns its summary with per-sample records."""
+    from .data import _image_token_id
+
+    image_token = _image_token_id(processor)
+    device = next(model.parameters()).device
+    batches = [
+        range(s, min(s + settings.batch_size, len(samples))) for s in range(0, len(samples), settings.batch_size)
+    ]
+    records, timings = [], []
+    started = time.perf_counter()
+    for number, indices in enumerate(tqdm(batches, desc=f"eval {arm.name}", leave=False)):
+        rows = [samples[i] for i in indices]
+        inputs = {k: v.to(device) for k, v in encode(processor, rows, arm.shrink).items()}
+        if number == 0:  # warm-up: first-call allocations and kernel choices stay out of the timings
+            generate(model, inputs, arm, 2)
+        out, prefill, decode, steps = generate(model, inputs, arm, settings.max_new_tokens)
+        timings.append({"prefill_s": prefill, "decode_s": decode, "decode_steps": steps})
+        texts = processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        facts = token_facts(out, inputs, processor, rows, arm, image_token)
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in NOT_COLUMNS}
+        scores = reward(
+            completions=texts,
+            prompts=[row["prompt"] for row in rows],
+            **columns,
+            prune_ratio=[1.0 - f["keep_ratio"] for f in facts],
+            kept_tokens=[f["kept_tokens"] for f in facts],
+            visual_tokens=[f["visual_tokens"] for f in facts],
+        )
+        result = getattr(getattr(out.past_key_values, "glimpse_state", None), "result", None)
+        for b, (row, text, score, fact) in enumerate(zip(rows, texts, scores, facts, strict=True)):
+            boxes = box_scores(result, b, row)
+            records.append({"row": row.get("source_row"), "prediction": text, "score": score, **fact, **boxes})
+    return arm_summary(arm.name, arm.target_keep_ratio, records, timings, time.perf_counter() - started)
+
+
+def token_facts(out, inputs: dict, processor, rows: list[dict], arm: Arm, image_token: int) -> list[dict]:
+    """Per sample: visual tokens, kept visual tokens, keep ratio, and KV length (cached tokens) after prefill."""
+    state = getattr(out.past_key_values, "glimpse_state", None)
+    if state is not None:  # pruned prefill: the cache holds the text and the kept visual tokens
+        result = state.result
+        visual, kept, kv = result.num_visual.tolist(), result.num_kept.tolist(), state.attention_mask.sum(1).tolist()
+    else:
+        kept = (inputs["input_ids"] == image_token).sum(1).tolist()
+        kv = inputs["attention_mask"].sum(1).tolist()
+        visual = kept
+        if arm.shrink is not None:  # the original images' token counts are the reference
+            visual = (encode(processor, rows)["input_ids"] == image_token).sum(1).tolist()
+    return [
+        {"visual_tokens": int(v), "kept_tokens": int(k), "keep_ratio": k / max(v, 1), "kv_length": int(n)}
+        for v, k, n in zip(visual, kept, kv, strict=True)
+    ]
+
+
+def box_scores(result, sample: int, row: dict) -> dict:
+    """Box recall / precision of the kept tokens of a one-image row with boxes; {} otherwise (or when unpruned)."""
+    from .losses import box_targets, recall_precision
+
+    if result is None or not row.get("boxes") or len(row["images"]) != 1:
+        return {}
+    keep = result.image_values(result.keep_mask, sample)[0]
+    recall, precision = recall_precision(keep, box_targets(row["boxes"], row["images"][0].size, tuple(keep.shape)))
+    return {"box_recall": recall, "box_precision": precision}
