@@ -1,14 +1,34 @@
 """Held-out check of a trained glimpse with the HARD keep mask (what inference does): keep ratio, kept tokens,
-box recall / precision, and the answer KL of the physically pruned model against the unpruned one."""
+box recall / precision, and the answer KL of the physically pruned model against the unpruned one.
+
+It also reports operating points: keep ratio and box recall / precision if the keep threshold were each of
+`OPERATING_THRESHOLDS` (from the same VIP logits), so a deployment threshold can be picked for a token budget.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
 
+from ..models import glimpse_module
+from ..models.pruning import decide_keep, image_segments
 from . import losses
 from .collate import GlimpseCollator
 from .vip_trainer import MODEL_INPUTS
+
+OPERATING_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+
+
+def _box_scores(result, keep: torch.Tensor, batch) -> list[tuple[float, float]]:
+    """(recall, precision) of `keep` [batch, seq] against the boxes of each single-image row that has them."""
+    scores = []
+    for b, (boxes, sizes) in enumerate(zip(batch["boxes"], batch["image_sizes"])):
+        if boxes and len(sizes) == 1:
+            grid = result.image_values(keep, b)[0]
+            scores.append(losses.recall_precision(grid, losses.box_targets(boxes, sizes[0], tuple(grid.shape))))
+    return scores
 
 
 @torch.no_grad()
@@ -19,7 +39,9 @@ def evaluate_glimpse(model, processor, samples, batch_size: int = 4, max_answer_
     model.eval()
     totals: dict[str, list[float]] = {"keep_ratio": [], "kept_tokens": [], "visual_tokens": [], "answer_kl": []}
     recalls, precisions = [], []
+    points = {t: {"keep_ratio": [], "box_recall": [], "box_precision": []} for t in OPERATING_THRESHOLDS}
     device = next(model.parameters()).device
+    config = glimpse_module(model).config
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating glimpse", leave=False):
         batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))])
         inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
@@ -37,16 +59,25 @@ def evaluate_glimpse(model, processor, samples, batch_size: int = 4, max_answer_
         totals["keep_ratio"] += result.keep_ratio.tolist()
         totals["kept_tokens"] += result.num_kept.float().tolist()
         totals["visual_tokens"] += result.num_visual.float().tolist()
-        for b, (boxes, sizes) in enumerate(zip(batch["boxes"], batch["image_sizes"])):
-            if boxes and len(sizes) == 1:
-                keep = result.image_values(result.keep_mask, b)[0]
-                r, p = losses.recall_precision(keep, losses.box_targets(boxes, sizes[0], tuple(keep.shape)))
-                recalls.append(r)
-                precisions.append(p)
+        for r, p in _box_scores(result, result.keep_mask, batch):
+            recalls.append(r)
+            precisions.append(p)
+        segments = image_segments(result.visual_mask)
+        for t in OPERATING_THRESHOLDS:
+            keep = decide_keep(result.logits, result.visual_mask, segments, replace(config, threshold=t))
+            ratio = ((keep & result.visual_mask).sum(1) / result.num_visual.clamp(min=1)).tolist()
+            points[t]["keep_ratio"] += ratio
+            for r, p in _box_scores(result, keep, batch):
+                points[t]["box_recall"].append(r)
+                points[t]["box_precision"].append(p)
     model.train(was_training)
     report = {name: sum(v) / max(len(v), 1) for name, v in totals.items()}
     report["samples"] = len(samples)
     if recalls:
         report["box_recall"] = sum(recalls) / len(recalls)
         report["box_precision"] = sum(precisions) / len(precisions)
+    report["operating_points"] = [
+        {"threshold": t, **{k: sum(v) / max(len(v), 1) for k, v in values.items() if v}}
+        for t, values in points.items()
+    ]
     return report

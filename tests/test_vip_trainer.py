@@ -143,6 +143,10 @@ def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "eval_results.json").read_text())
     assert results["global_step"] == 8
+    points = results["eval"]["operating_points"]
+    assert [p["threshold"] for p in points] == sorted((p["threshold"] for p in points), reverse=True)
+    ratios = [p["keep_ratio"] for p in points]
+    assert ratios == sorted(ratios) and all("box_recall" in p for p in points)
     state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
     assert (out / "checkpoint-8" / COMPLETE_MARKER).is_file()
