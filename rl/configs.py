@@ -91,6 +91,14 @@ class VIPTrainingConfig(SFTConfig):
     )
     relaxation_temperature: float = field(default=1.0, metadata={"help": "Temperature of the relaxation."})
     max_answer_tokens: int = field(default=32, metadata={"help": "Answers are truncated to this many tokens."})
+    deploy_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep threshold stored with the final glimpse weights and used by the held-out evaluation "
+            "(default: glimpse_threshold, the cut training used). Pick it from the operating points in "
+            "eval_results.json for a token budget."
+        },
+    )
     eval_dataset: str | None = field(
         default=None,
         metadata={"help": "Held-out data for the final glimpse evaluation (same formats as `dataset`)."},
@@ -128,6 +136,8 @@ class VIPTrainingConfig(SFTConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 < self.target_keep_ratio <= 1.0:
             raise ValueError(f"target_keep_ratio must be in (0, 1], got {self.target_keep_ratio}.")
+        if self.deploy_threshold is not None and not 0.0 <= self.deploy_threshold < 1.0:
+            raise ValueError(f"deploy_threshold must be in [0, 1), got {self.deploy_threshold}.")
         if self.relaxation_temperature <= 0:
             raise ValueError(f"relaxation_temperature must be > 0, got {self.relaxation_temperature}.")
 

@@ -66,6 +66,7 @@ def resume_point(train_args) -> str | None:
 def run_vip(model_args, data_args, train_args) -> dict:
     from transformers import set_seed
 
+    from ..models import glimpse_module
     from ..models.loading import load_processor
     from .data import conversation_dataset, load_vqa
     from .vip_eval import evaluate_glimpse
@@ -79,6 +80,9 @@ def run_vip(model_args, data_args, train_args) -> dict:
     model = _load_glimpse_model(model_args)
     trainer = VIPTrainer(model, train_args, conversation_dataset(dataset, data_args), processor)
     trainer.train(resume_from_checkpoint=resume_point(train_args))
+    if train_args.deploy_threshold is not None:
+        glimpse = glimpse_module(trainer.model)
+        glimpse.config = dataclasses.replace(glimpse.config, threshold=train_args.deploy_threshold)
     trainer.save_model(train_args.output_dir)
     results: dict = {"train_rows": report.rows_kept, "global_step": trainer.state.global_step}
     if eval_args is not None:

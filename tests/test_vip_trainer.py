@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import tiny_recipe
 
-from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module
+from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module, read_glimpse_config
 from glimpserl.models.loading import load_processor
 from glimpserl.models.tiny import build_tiny_model
 from glimpserl.rl.configs import VIPTrainingConfig
@@ -150,6 +150,8 @@ def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
     state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
     assert (out / "checkpoint-8" / COMPLETE_MARKER).is_file()
+    # The recipe's deploy_threshold is what the final glimpse weights carry.
+    assert read_glimpse_config(out)[0].threshold == 0.2
 
 
 def test_train_with_a_missing_image_fails_fast_naming_the_row(synth_dir, tmp_path):
