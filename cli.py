@@ -139,7 +139,7 @@ def _run_synth(args) -> int:
 def _add_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="Train from a recipe YAML (stage 1 VIP distillation; stage 2 GRPO later).",
+        help="Train from a recipe YAML: stage 1 (vip: VIP distillation) or stage 2 (grpo: GlimpsePrune+).",
         description="Run a recipe: `glimpserl train RECIPE.yaml [--key value ...]`. Every recipe key can be "
         "overridden on the command line; unknown keys are errors. `glimpserl train RECIPE.yaml --help-keys` lists "
         "the keys of the recipe's stage with their help. Resume with --resume_from_checkpoint last.",
