@@ -18,7 +18,7 @@ from . import losses
 from .collate import GlimpseCollator
 from .vip_trainer import MODEL_INPUTS
 
-OPERATING_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+OPERATING_THRESHOLDS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)
 
 
 def _box_scores(result, keep: torch.Tensor, batch) -> list[tuple[float, float]]:
