@@ -260,10 +260,10 @@ def token_facts(out, inputs: dict, processor, rows: list[dict], arm: Arm, image_
 
 def box_scores(result, sample: int, row: dict) -> dict:
     """Box recall / precision of the kept tokens of a one-image row with boxes; {} otherwise (or when unpruned)."""
-    from .losses import box_targets, recall_precision
+    from .losses import kept_box_scores
 
-    if result is None or not row.get("boxes") or len(row["images"]) != 1:
+    if result is None:
         return {}
-    keep = result.image_values(result.keep_mask, sample)[0]
-    recall, precision = recall_precision(keep, box_targets(row["boxes"], row["images"][0].size, tuple(keep.shape)))
-    return {"box_recall": recall, "box_precision": precision}
+    sizes = [image.size for image in row["images"]]
+    scores = kept_box_scores(result, result.keep_mask, sample, row.get("boxes"), sizes)
+    return {} if scores is None else {"box_recall": scores[0], "box_precision": scores[1]}

@@ -114,3 +114,15 @@ def recall_precision(keep: torch.Tensor, target: torch.Tensor) -> tuple[float, f
     keep, target = keep.bool().flatten(), target.bool().flatten()
     hit = (keep & target).sum().item()
     return hit / max(target.sum().item(), 1), hit / max(keep.sum().item(), 1)
+
+
+def kept_box_scores(result, keep: torch.Tensor, sample: int, boxes, image_sizes) -> tuple[float, float] | None:
+    """(recall, precision) of one sample's kept tokens (keep [batch, seq]) against its boxes.
+
+    result: the GlimpseResult that laid out the tokens; boxes: pixel boxes of the sample's single image;
+    image_sizes: the sample's image sizes. None when the sample has no boxes or several images.
+    """
+    if not boxes or len(image_sizes) != 1:
+        return None
+    grid = result.image_values(keep, sample)[0]
+    return recall_precision(grid, box_targets(boxes, image_sizes[0], tuple(grid.shape)))

@@ -22,13 +22,12 @@ OPERATING_THRESHOLDS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)
 
 
 def _box_scores(result, keep: torch.Tensor, batch) -> list[tuple[float, float]]:
-    """(recall, precision) of `keep` [batch, seq] against the boxes of each single-image row that has them."""
-    scores = []
-    for b, (boxes, sizes) in enumerate(zip(batch["boxes"], batch["image_sizes"])):
-        if boxes and len(sizes) == 1:
-            grid = result.image_values(keep, b)[0]
-            scores.append(losses.recall_precision(grid, losses.box_targets(boxes, sizes[0], tuple(grid.shape))))
-    return scores
+    """(recall, precision) of `keep` [batch, seq] for each single-image row of the batch that has boxes."""
+    scores = [
+        losses.kept_box_scores(result, keep, b, boxes, sizes)
+        for b, (boxes, sizes) in enumerate(zip(batch["boxes"], batch["image_sizes"]))
+    ]
+    return [s for s in scores if s is not None]
 
 
 @torch.no_grad()
