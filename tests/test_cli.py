@@ -19,9 +19,9 @@ def test_help_lists_subcommands(capsys):
 def test_visualize_writes_png_with_capped_keep(tmp_path, capsys):
     out = tmp_path / "vis.png"
     assert main(["visualize", "--out", str(out), "--max-keep-ratio", "0.1", "--max-new-tokens", "2"]) == 0
-    out = capsys.readouterr().out
+    stdout = capsys.readouterr().out
     # DeepSpeed announces its accelerator on stdout when first imported; the report is the JSON object after it.
-    report = json.loads(out[out.index("{") :])
+    report = json.loads(stdout[stdout.index("{") :])
     assert report["kept_tokens"] == int(0.1 * report["visual_tokens"])
     with Image.open(out) as png:
         assert png.width == 448 and png.height > 448

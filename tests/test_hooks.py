@@ -71,6 +71,7 @@ OWN_FIELDS = {
         "relaxation",
         "relaxation_temperature",
         "max_answer_tokens",
+        "deploy_threshold",
         "eval_dataset",
         "eval_split",
         "eval_max_samples",
