@@ -189,6 +189,31 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _add_bench(subparsers) -> None:
+    from .benchmarks.arguments import add_bench_arguments
+
+    p = subparsers.add_parser(
+        "bench",
+        help="Prefill/decode time, KV length and peak memory of each pruner vs unpruned, as the image grows.",
+        description="On a random Qwen2.5-VL-shaped model, for each visual-token count: the unpruned model and each "
+        "pruner (the glimpse, training-free baselines) keeping the same fraction of visual tokens, measured side by "
+        "side; each cost as a ratio to unpruned next to the analytic prefill FLOPs bound. Writes scaling.json, "
+        "scaling.md and scaling.png into --out-dir and prints the table.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_bench_arguments(p)
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from .benchmarks.scaling import markdown_table, run, write_outputs
+
+    results = run(args, on_size=lambda partial: write_outputs(partial, args.out_dir))  # kept if a sweep is stopped
+    print(markdown_table(results))
+    print(f"results: {args.out_dir}/scaling.{{json,md,png}}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glimpserl",
@@ -201,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(subparsers)
     _add_export(subparsers)
     _add_eval(subparsers)
+    _add_bench(subparsers)
     return parser
 
 

@@ -13,8 +13,10 @@ Attention pairs:
 - the glimpse token is one query against the whole prompt and itself.
 
 The pruned prefill = vision encoder + decoder layers 0..K on the full prompt + the glimpse's own work (at each layer
-l < K: k/v projections of the whole prompt, one query's projections, attention and MLP; at layer K: its query and
-the prompt's keys, and the prompt's values, which the implementation computes and discards) + the VIP + layers K+1.. on (text + kept) tokens + the LM head on the last token.
+l < K: its own query/key/value/output projections, attention over the prompt and itself, and MLP; at layer K: its
+query against the prompt's keys; the prompt's keys and values are read from the layers' cache when generating,
+recomputed without one) + the VIP + layers K+1.. on (text + kept) tokens + the LM head on the last token.
+A training-free pruner (`selection_flops`) replaces the glimpse and the VIP by its own selection work.
 The unpruned prefill = vision encoder + every decoder layer on the full prompt + the LM head on the last token.
 """
 
@@ -137,20 +139,24 @@ def decoder_layer_flops(shape: TextShape, tokens: int) -> int:
     return projections + mlp + attention(causal_pairs(tokens), shape.heads, shape.head_dim)
 
 
-def glimpse_flops(shape: TextShape, layer: int, prompt: int) -> int:
-    """The glimpse token's own work beside layers 0..K over a prompt of `prompt` tokens."""
+def glimpse_flops(shape: TextShape, layer: int, prompt: int, cached: bool = True) -> int:
+    """The glimpse token's own work beside layers 0..K over a prompt of `prompt` tokens.
+
+    cached: the prompt's keys and values come from the generation cache the layers just filled (a prefill with
+    use_cache); without a cache (training passes) the glimpse path recomputes them (keys only at layer K).
+    """
     q_out, kv_out = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     embeddings = (layer + 1) * linear(1, shape.hidden, shape.hidden)  # W e_l, one vector per layer
     side_step = (
-        linear(prompt + 1, shape.hidden, 2 * kv_out)  # prompt keys/values recomputed, plus the glimpse's own
+        linear(1, shape.hidden, 2 * kv_out)  # its own key and value
         + 2 * linear(1, shape.hidden, q_out)  # its query and output projection
         + attention(prompt + 1, shape.heads, shape.head_dim)
         + 3 * linear(1, shape.hidden, shape.intermediate)
     )
-    # At layer K only the keys are read, but models/forward.py glimpse_readout computes the prompt's values too
-    # (through the shared key/value helper) and drops them: counted, since the pruned forward executes it.
-    readout = linear(prompt, shape.hidden, 2 * kv_out) + linear(1, shape.hidden, q_out)
-    readout += 2 * prompt * shape.heads * shape.head_dim  # scores only
+    readout = linear(1, shape.hidden, q_out) + 2 * prompt * shape.heads * shape.head_dim  # its query, scores only
+    if not cached:
+        side_step += linear(prompt, shape.hidden, 2 * kv_out)
+        readout += linear(prompt, shape.hidden, kv_out)
     return embeddings + layer * side_step + readout
 
 
@@ -170,6 +176,26 @@ def vip_flops(shape: VIPShape, image_tokens: list[int]) -> int:
     return total
 
 
+def selection_flops(name: str, text: TextShape, image_tokens: list[int], prompt: int, cached: bool = True) -> int:
+    """A training-free pruner's own selection work in a prefill (it replaces the glimpse and the VIP).
+
+    gprune: the [n, n] cosine similarities of the projector features (2 n^2 d) and 5 score propagations (2 n^2
+    each, the selector's default); divprune: the similarities (its greedy max-min search only compares); fastv: the
+    last prompt token's query at layer K against the prompt's keys (read from the cache, recomputed without one);
+    random: nothing. Normalisations, softmax and sorting are not counted, as everywhere here.
+    """
+    if name == "random":
+        return 0
+    if name in ("gprune", "divprune"):
+        iterations = 5 if name == "gprune" else 0
+        return sum(2 * n * n * text.hidden + iterations * 2 * n * n for n in image_tokens)
+    if name == "fastv":
+        q_out, kv_out = text.heads * text.head_dim, text.kv_heads * text.head_dim
+        keys = 0 if cached else linear(prompt, text.hidden, kv_out)
+        return linear(1, text.hidden, q_out) + keys + 2 * prompt * text.heads * text.head_dim
+    raise ValueError(f"No FLOP count for pruner {name!r}; counted: glimpse, gprune, divprune, fastv, random.")
+
+
 @dataclass
 class PrefillFlops:
     vision: int
@@ -180,10 +206,13 @@ class PrefillFlops:
     decoder_pruned: int
     """Layers K+1.. on the pruned sequence (pruned arm only)."""
     lm_head: int
+    selection: int = 0
+    """A training-free pruner's selection work (`selection_flops`); 0 for the glimpse and unpruned."""
 
     @property
     def total(self) -> int:
-        return self.vision + self.decoder_full + self.glimpse + self.vip + self.decoder_pruned + self.lm_head
+        pruning = self.glimpse + self.vip + self.selection
+        return self.vision + self.decoder_full + pruning + self.decoder_pruned + self.lm_head
 
     def to_dict(self) -> dict:
         return {**asdict(self), "total": self.total}
@@ -197,23 +226,27 @@ def prefill_flops(
     text_tokens: int,
     kept: list[int] | None = None,
     layer: int | None = None,
+    pruner: str = "glimpse",
 ) -> PrefillFlops:
     """Prefill FLOPs of one sample: unpruned when `kept` is None, else pruned at `layer` keeping kept[i] tokens of
-    image i. text_tokens counts every non-visual prompt token."""
+    image i, by the glimpse + VIP or by the training-free `pruner`. text_tokens counts every non-visual prompt
+    token."""
     image_tokens = [t * h * w // vision.merge**2 for t, h, w in grid_thw]
     prompt = text_tokens + sum(image_tokens)
     common = dict(vision=vision_flops(vision, grid_thw), lm_head=linear(1, text.hidden, text.vocab))
     if kept is None:
         full = text.layers * decoder_layer_flops(text, prompt)
         return PrefillFlops(decoder_full=full, glimpse=0, vip=0, decoder_pruned=0, **common)
-    if vip is None or layer is None:
-        raise ValueError("A pruned count needs the VIP shape and the glimpse layer K.")
+    if layer is None or (pruner == "glimpse" and vip is None):
+        raise ValueError("A pruned count needs the pruning layer K (and the VIP shape for the glimpse).")
+    glimpse = pruner == "glimpse"
     short = text_tokens + sum(kept)
     return PrefillFlops(
         decoder_full=(layer + 1) * decoder_layer_flops(text, prompt),
-        glimpse=glimpse_flops(text, layer, prompt),
-        vip=vip_flops(vip, image_tokens),
+        glimpse=glimpse_flops(text, layer, prompt) if glimpse else 0,
+        vip=vip_flops(vip, image_tokens) if glimpse else 0,
         decoder_pruned=(text.layers - layer - 1) * decoder_layer_flops(text, short),
+        selection=0 if glimpse else selection_flops(pruner, text, image_tokens, prompt),
         **common,
     )
 

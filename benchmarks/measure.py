@@ -46,6 +46,20 @@ class ModelSpec:
     visual_tokens: int
     keep_ratio: float
     seed: int = 0
+    grid: tuple[int, int] | None = None
+    """(rows, columns) of visual tokens; default: the smallest square grid of at least `visual_tokens`."""
+
+
+def closest_grid(visual_tokens: int) -> tuple[int, int]:
+    """(rows, columns) whose product is closest to `visual_tokens`, columns between rows and 2 * rows, then the
+    squarest: 1024 -> (32, 32), 2048 -> (32, 64), 2000 -> (40, 50)."""
+    if visual_tokens < 1:
+        raise ValueError(f"visual_tokens must be >= 1, got {visual_tokens}.")
+    candidates = []
+    for rows in range(1, math.isqrt(visual_tokens) + 2):
+        cols = min(max(round(visual_tokens / rows), rows), 2 * rows)
+        candidates.append((abs(rows * cols - visual_tokens), cols - rows, rows, cols))
+    return min(candidates)[2:]
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -107,12 +121,14 @@ def build_arm(spec: ModelSpec, processor, device: torch.device, arm: str, pruned
 
 
 def build_inputs(spec: ModelSpec, device: torch.device):
-    """(processor, inputs): one square image of at least `visual_tokens` visual tokens and a short question."""
+    """(processor, inputs): one image of `spec.grid` visual tokens (default: a square of at least `visual_tokens`)
+    and a short question."""
     side = math.ceil(math.sqrt(spec.visual_tokens))  # visual tokens per side; 28 px each
-    pixels = side * side * PIXELS_PER_TOKEN
+    rows, cols = spec.grid or (side, side)
+    pixels = rows * cols * PIXELS_PER_TOKEN
     processor = build_tiny_processor("qwen2_5_vl", min_pixels=min(pixels, 4 * PIXELS_PER_TOKEN), max_pixels=pixels)
     g = torch.Generator().manual_seed(spec.seed)
-    array = torch.randint(0, 256, (side * 28, side * 28, 3), generator=g, dtype=torch.uint8).numpy()
+    array = torch.randint(0, 256, (rows * 28, cols * 28, 3), generator=g, dtype=torch.uint8).numpy()
     content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
     text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     inputs = processor(text=[text], images=[Image.fromarray(array)], return_tensors="pt")
@@ -195,7 +211,7 @@ def time_decode(model, inputs: dict, new_tokens: int) -> Timing:
 
 def _tensor_bytes(model, inputs: dict) -> int:
     """Bytes of the model's parameters and buffers plus the input tensors: what is resident before a call."""
-    tensors = [*model.parameters(), *model.buffers(), *inputs.values()]
+    tensors = [*model.parameters(), *model.buffers(), *(v for v in inputs.values() if isinstance(v, torch.Tensor))]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -245,18 +261,23 @@ def peak_memory(model, inputs: dict, new_tokens: int) -> dict:
     return {"method": "torch profiler CPU tensor memory", "before": before, "peak": before + delta, "delta": delta}
 
 
-def _memory_child(spec: ModelSpec, arm: str, new_tokens: int, threads: int, queue) -> None:
+def _memory_child(spec: ModelSpec, arm: str, new_tokens: int, threads: int, queue, model_kwargs: dict) -> None:
     torch.set_num_threads(threads)
     processor, inputs = build_inputs(spec, torch.device("cpu"))
     model = build_arm(spec, processor, torch.device("cpu"), arm)
-    queue.put(peak_memory(model, inputs, new_tokens))
+    queue.put(peak_memory(model, {**inputs, **model_kwargs}, new_tokens))
 
 
-def peak_memory_subprocess(spec: ModelSpec, arm: str, new_tokens: int, threads: int) -> dict:
-    """CPU: measure `peak_memory` in a fresh (spawned) process, so no earlier run's peak or cache hides it."""
+def peak_memory_subprocess(
+    spec: ModelSpec, arm: str, new_tokens: int, threads: int, model_kwargs: dict | None = None
+) -> dict:
+    """CPU: measure `peak_memory` in a fresh (spawned) process, so no earlier run's peak or cache hides it.
+
+    model_kwargs: extra (picklable) keywords of the generate call, e.g. `glimpse_pruner` on the pruned arm.
+    """
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_memory_child, args=(spec, arm, new_tokens, threads, queue))
+    child = ctx.Process(target=_memory_child, args=(spec, arm, new_tokens, threads, queue, model_kwargs or {}))
     child.start()
     result = None
     while result is None and child.is_alive():

@@ -25,12 +25,12 @@ import argparse
 import dataclasses
 import gc
 import json
-import os
 import statistics
 
 import torch
 
 from glimpserl.benchmarks import flops
+from glimpserl.benchmarks.arguments import add_model_arguments
 from glimpserl.benchmarks.measure import (
     ARMS,
     ModelSpec,
@@ -52,24 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--hidden", type=int, default=512, help="Text decoder width.")
-    p.add_argument("--layers", type=int, default=12, help="Text decoder layers L.")
-    p.add_argument("--heads", type=int, default=8, help="Attention heads (head_dim = hidden / heads).")
-    p.add_argument("--kv-heads", type=int, default=2, help="Key/value heads (grouped-query attention).")
-    p.add_argument("--intermediate", type=int, default=None, help="MLP width. Default: 5.375 * hidden (Qwen2.5-3B).")
-    p.add_argument(
-        "--layer-k", type=int, default=None, help="Glimpse layer K (0-based). Default: round(0.65 * L), at most L - 2."
-    )
-    p.add_argument("--vision-hidden", type=int, default=128, help="Vision tower width.")
-    p.add_argument("--vision-layers", type=int, default=8, help="Vision tower blocks (full attention every 8th).")
-    p.add_argument("--vision-heads", type=int, default=2, help="Vision tower attention heads.")
+    add_model_arguments(p)
     p.add_argument("--visual-tokens", type=int, default=2048, help="At least this many visual tokens (square image).")
     p.add_argument("--keep-ratio", type=float, default=0.1, help="Fraction of visual tokens kept by the glimpse.")
     p.add_argument("--new-tokens", type=int, default=32, help="Tokens generated to time decoding (>= 2).")
     p.add_argument("--repeats", type=int, default=3, help="Measured repeats per arm (the median is reported).")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads.")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if available.")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the random weights and image.")
     p.add_argument("--no-memory", action="store_true", help="Skip the peak-memory measurement.")
     p.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = p.parse_args(argv)
@@ -80,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def spec_from_args(args: argparse.Namespace) -> ModelSpec:
+def spec_from_args(args: argparse.Namespace, visual_tokens: int | None = None) -> ModelSpec:
+    """The ModelSpec of the parsed flags; visual_tokens overrides args.visual_tokens."""
     return ModelSpec(
         hidden=args.hidden,
         layers=args.layers,
@@ -93,7 +81,7 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
         vision_hidden=args.vision_hidden,
         vision_layers=args.vision_layers,
         vision_heads=args.vision_heads,
-        visual_tokens=args.visual_tokens,
+        visual_tokens=args.visual_tokens if visual_tokens is None else visual_tokens,
         keep_ratio=args.keep_ratio,
         seed=args.seed,
     )
@@ -102,18 +90,21 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
 TIME_KEYS = ("prefill_s", "prefill_cpu_s", "decode_s_per_token", "decode_cpu_s_per_token")
 
 
-def measure_times(models: dict, inputs: dict, new_tokens: int, repeats: int) -> dict:
-    """Per arm: one list per TIME_KEYS entry (wall and CPU seconds), arms interleaved and alternated."""
-    for model in models.values():  # warm-up: first-call allocations and kernel selection
-        time_prefill(model, inputs)
-        generate(model, inputs, 2)
-    times = {arm: {key: [] for key in TIME_KEYS} for arm in ARMS}
+def measure_times(models: dict, inputs: dict, new_tokens: int, repeats: int, model_kwargs: dict | None = None) -> dict:
+    """Per arm (the keys of `models`): one list per TIME_KEYS entry (wall and CPU seconds), arms interleaved and
+    alternated. model_kwargs: optional extra forward/generate keywords per arm (e.g. a `glimpse_pruner`)."""
+    arms = tuple(models)
+    arm_inputs = {arm: {**inputs, **(model_kwargs or {}).get(arm, {})} for arm in arms}
+    for arm in arms:  # warm-up: first-call allocations and kernel selection
+        time_prefill(models[arm], arm_inputs[arm])
+        generate(models[arm], arm_inputs[arm], 2)
+    times = {arm: {key: [] for key in TIME_KEYS} for arm in arms}
     for r in range(repeats):
-        for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
+        for arm in arms if r % 2 == 0 else arms[::-1]:
             gc.collect()
-            prefill = time_prefill(models[arm], inputs)[0]
+            prefill = time_prefill(models[arm], arm_inputs[arm])[0]
             gc.collect()
-            decode = time_decode(models[arm], inputs, new_tokens)
+            decode = time_decode(models[arm], arm_inputs[arm], new_tokens)
             for key, value in zip(TIME_KEYS, (prefill.wall, prefill.cpu, decode.wall, decode.cpu)):
                 times[arm][key].append(value)
     return times
@@ -159,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
     spec = spec_from_args(args)
     processor, inputs = build_inputs(spec, device)
     pruned = build_arm(spec, processor, device, "pruned")
-    models = {"pruned": pruned, "unpruned": build_arm(spec, processor, device, "unpruned", pruned=pruned)}
+    models = {"unpruned": build_arm(spec, processor, device, "unpruned", pruned=pruned), "pruned": pruned}
     counts = token_counts(models, inputs)
     times = measure_times(models, inputs, args.new_tokens, args.repeats)
     memory = None if args.no_memory else measure_memory(spec, models, inputs, args.new_tokens, args.threads)

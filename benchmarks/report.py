@@ -57,7 +57,8 @@ def markdown_report(results: dict) -> str:
             ".1f",
         ),
         "",
-        "Pruned prefill GFLOPs: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in f["pruned"].items() if k != "total"),
+        "Pruned prefill GFLOPs: "
+        + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in f["pruned"].items() if k not in ("total", "selection")),
         f"Analytic prefill bound FLOPs(pruned)/FLOPs(unpruned): {f['bound']:.3f}",
         f"Simple bound (K+1)/L + (1-(K+1)/L)*(kept+text)/all (decoder only): {f['simple_bound']:.3f}",
         f"Measured prefill ratio / analytic bound: {results['prefill_over_bound']:.3f} (wall), "

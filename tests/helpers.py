@@ -36,3 +36,16 @@ def tiny_recipe(source, dest, data_dir, max_pixels: int = 112 * 112):
     )
     Path(dest).write_text(text)
     return Path(dest)
+
+
+def cpu_sdpa_flops(q, k, v, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs):
+    """FlopCounterMode formula for aten's CPU flash attention (it has none), skipping the masked half when causal
+    as the kernel does: 4 * batch * heads * pairs * head_dim."""
+    batch, heads, queries, dim = q
+    pairs = queries * (queries + 1) // 2 if is_causal and queries == k[2] else queries * k[2]
+    return 4 * batch * heads * pairs * dim
+
+
+def mv_flops(matrix, vector, *args, out_shape=None, **kwargs):
+    """FlopCounterMode formula for a matrix-vector product (it has none): 2 * rows * cols."""
+    return 2 * matrix[0] * matrix[1]

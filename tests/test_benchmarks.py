@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import cpu_sdpa_flops
 from torch.utils.flop_counter import FlopCounterMode
 
 from glimpserl.benchmarks import flops
@@ -50,14 +51,6 @@ def test_simple_bound():
     assert flops.simple_bound(layer=2, layers=3, kept_plus_text=5, all_tokens=100) == 1.0
 
 
-def _cpu_sdpa_flops(q, k, v, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs):
-    """FLOPs of aten's CPU flash attention (FlopCounterMode has no formula for it), skipping the masked half when
-    causal as the kernel does."""
-    batch, heads, queries, dim = q
-    pairs = flops.causal_pairs(queries) if is_causal and queries == k[2] else queries * k[2]
-    return 4 * batch * heads * pairs * dim
-
-
 def test_analytic_count_equals_the_flops_torch_executes():
     spec = ModelSpec(64, 4, 4, 2, 320, 2, 32, 8, 2, visual_tokens=300, keep_ratio=0.25)
     device = torch.device("cpu")
@@ -66,7 +59,7 @@ def test_analytic_count_equals_the_flops_torch_executes():
     models = {"pruned": pruned, "unpruned": build_arm(spec, processor, device, "unpruned", pruned=pruned)}
     counts = token_counts(models, inputs)
     analytic = analytic_flops(pruned, inputs, counts, spec.layer_k)
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flops}
     for arm in ARMS:
         models[arm].requires_grad_(False)  # FlopCounterMode's module tracker hooks autograd otherwise
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
