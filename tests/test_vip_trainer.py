@@ -68,6 +68,27 @@ def test_only_the_glimpse_trains_and_every_term_is_logged(synth_dir, tmp_path):
         assert key in logged, key
 
 
+def test_box_pos_weight_reaches_the_box_loss(synth_dir, tmp_path):
+    """The first step's box BCE (before any update, same initialisation) grows with the weight of the box cells.
+
+    The VIP starts by keeping nearly everything, so the box cells' own BCE is small and the difference modest.
+    """
+    first = {}
+    for weight in (1.0, 4.0):
+        torch.manual_seed(0)  # the same glimpse initialisation for both
+        trainer = _trainer(
+            synth_dir,
+            tmp_path / f"pw{weight}",
+            max_steps=1,
+            box_dice_weight=0.0,
+            box_bce_weight=1.0,
+            box_pos_weight=weight,
+        )
+        trainer.train()
+        first[weight] = trainer.state.log_history[0]["loss_box"]
+    assert first[4.0] > first[1.0] + 0.01
+
+
 def test_checkpoint_holds_glimpse_weights_not_the_base(synth_dir, tmp_path):
     trainer = _trainer(synth_dir, tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()
