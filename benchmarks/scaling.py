@@ -146,6 +146,7 @@ def _ratios(arm: dict, reference: dict) -> dict:
     ratios = {key: arm[key]["median"] / reference[key]["median"] for key in TIME_KEYS}
     ratios["kv_length"] = arm["kv_length"] / reference["kv_length"]
     ratios["flops"] = arm["flops"]["total"] / reference["flops"]["total"]
+    ratios["prefill_over_flops"] = ratios["prefill_s"] / ratios["flops"]  # 1.0: prefill time follows the FLOPs
     if arm["peak_memory"]:
         ratios["peak_memory"] = arm["peak_memory"]["delta"] / max(reference["peak_memory"]["delta"], 1)
     return ratios
@@ -244,6 +245,11 @@ def markdown_table(results: dict) -> str:
     ]
     lines += [_row(size, arm) for size in results["sizes"] for arm in size["arms"]]
     simple = ", ".join(f"{s['visual']}: {s['simple_bound']:.3f}" for s in results["sizes"])
+    over = "; ".join(
+        f"{arm} "
+        + ", ".join(f"{s['visual']}: {s['arms'][arm]['ratios']['prefill_over_flops']:.3f}" for s in results["sizes"])
+        for arm in results["arms"][1:]
+    )
     lines += [
         "",
         'Ratios to unpruned in parentheses (of the medians); "fastest": ratio of each arm\'s fastest repeat, the '
@@ -253,6 +259,7 @@ def markdown_table(results: dict) -> str:
         "+ last-token query at K; random: nothing extra). Peak MB: tensor memory of one generate above weights + "
         "inputs.",
         f"method.md's decoder-only bound (K+1)/L + (1-(K+1)/L)(kept+text)/all per size: {simple}.",
+        f"Prefill ratio / FLOPs bound per arm and size (1.0: the time saved follows the FLOPs saved): {over}.",
     ]
     return "\n".join(lines)
 

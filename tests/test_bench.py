@@ -28,7 +28,8 @@ def test_bench_smoke_writes_every_arm_and_size(tmp_path, capsys):
     assert main(args) == 0
     assert "| 144 | glimpse |" in capsys.readouterr().out
     saved = json.loads((out / "scaling.json").read_text())
-    assert (out / "scaling.md").read_text().startswith("Qwen2.5-VL-shaped model")
+    table = (out / "scaling.md").read_text()
+    assert table.startswith("Qwen2.5-VL-shaped model") and "Prefill ratio / FLOPs bound per arm" in table
     with Image.open(out / "scaling.png") as png:
         assert png.format == "PNG" and png.size[0] > 500
     assert saved["arms"] == ["unpruned", "glimpse", "random"]
@@ -42,6 +43,8 @@ def test_bench_smoke_writes_every_arm_and_size(tmp_path, capsys):
             assert result["kv_length"] == size["text"] + size["kept"]
             assert {"prefill_s", "decode_s_per_token", "kv_length", "peak_memory", "flops"} <= set(result["ratios"])
             assert result["peak_memory"]["delta"] >= 0
+            ratios = result["ratios"]
+            assert ratios["prefill_over_flops"] == pytest.approx(ratios["prefill_s"] / ratios["flops"])
         assert size["arms"]["glimpse"]["flops"]["vip"] > 0 and size["arms"]["random"]["flops"]["selection"] == 0
 
 
