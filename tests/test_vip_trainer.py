@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import tiny_recipe
 
 from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module, read_glimpse_config
@@ -172,7 +173,8 @@ def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
     assert state["global_step"] == 8
     assert (out / "checkpoint-8" / COMPLETE_MARKER).is_file()
     # The recipe's deploy_threshold is what the final glimpse weights carry.
-    assert read_glimpse_config(out)[0].threshold == 0.2
+    recipe = yaml.safe_load((ROOT / "recipes/tiny/vip.yaml").read_text())
+    assert read_glimpse_config(out)[0].threshold == recipe["deploy_threshold"]
 
 
 def test_train_with_a_missing_image_fails_fast_naming_the_row(synth_dir, tmp_path):
