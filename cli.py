@@ -67,7 +67,7 @@ def _run_visualize(args) -> int:
             **inputs, max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True
         )
     answer = processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
-    result = out.past_key_values.glimpse_state.result
+    result = out.cache.glimpse_state.result
     stats = result.stats()[0]
     keep = result.image_values(result.keep_mask, 0)[0]
     caption = (

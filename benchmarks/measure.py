@@ -168,7 +168,7 @@ def time_prefill(model, inputs: dict) -> tuple[Timing, int, object]:
     out = model(**inputs, use_cache=True, logits_to_keep=1)
     sync(device)
     elapsed = _since(start, _now())
-    return elapsed, out.past_key_values.get_seq_length(), getattr(out, "glimpse", None)
+    return elapsed, out.cache.get_seq_length(), getattr(out, "glimpse", None)
 
 
 class StepClock(StoppingCriteria):

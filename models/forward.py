@@ -201,7 +201,7 @@ class GlimpseCacheState:
 def _run_layers(text_model, layer_range, h, mask, rope, cache, use_cache, **kwargs) -> torch.Tensor:
     for idx in layer_range:
         h = text_model.layers[idx](
-            h, attention_mask=mask, position_embeddings=rope, past_key_values=cache, use_cache=use_cache, **kwargs
+            h, attention_mask=mask, position_embeddings=rope, cache=cache, use_cache=use_cache, **kwargs
         )
     return h
 
@@ -217,9 +217,7 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     h = inputs.inputs_embeds[:, :prompt]
     attention_mask = inputs.attention_mask[:, :prompt]
     positions = inputs.position_ids[:, :, :prompt]
-    mask = create_causal_mask(
-        config=text_model.config, inputs_embeds=h, attention_mask=attention_mask, past_key_values=cache
-    )
+    mask = create_causal_mask(config=text_model.config, inputs_embeds=h, attention_mask=attention_mask, cache=cache)
     rope = text_model.rotary_emb(h, positions)
     g_rope = text_model.rotary_emb(h, positions[:, :, -1:] + 1)
     g_bias = torch.zeros(attention_mask.shape, device=h.device).masked_fill(attention_mask == 0, float("-inf"))
@@ -282,7 +280,7 @@ def pruned_decoder_forward(
     glimpse: GlimpseModule,
     inputs: GlimpseInputs,
     rotary: Callable,
-    past_key_values=None,
+    cache=None,
     use_cache: bool = False,
     mode: GlimpseMode = "prune",
     keep: torch.Tensor | None = None,
@@ -308,12 +306,12 @@ def pruned_decoder_forward(
     seq = attention_mask.shape[1]
     prompt = prompt_length or seq
     if prompt < seq:
-        use_cache, past_key_values = False, None
+        use_cache, cache = False, None
     if mode == "mask" and use_cache:
         raise ValueError("glimpse_mode='mask' is a training mode and cannot fill a generation cache.")
-    if use_cache and past_key_values is None:
-        past_key_values = DynamicCache(config=text_model.config)
-    cache = past_key_values if use_cache else None
+    if use_cache and cache is None:
+        cache = DynamicCache(config=text_model.config)
+    cache = cache if use_cache else None
 
     h, saved, prompt_rope, readout, attn_last = _prompt_with_glimpse(
         text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, pruner, **kwargs
@@ -360,7 +358,7 @@ def pruned_decoder_forward(
             config=text_model.config,
             inputs_embeds=h,
             attention_mask=attention_mask,
-            past_key_values=cache,
+            cache=cache,
             layer_idx=k_layer + 1,
         )
     rope = text_model.rotary_emb(h, position_ids)
@@ -369,7 +367,7 @@ def pruned_decoder_forward(
     if cache is not None:
         next_position = inputs.position_ids[0, :, prompt - 1] + 1
         cache.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position)
-    return h, result, past_key_values
+    return h, result, cache
 
 
 def _per_sample(items: list, segments: list[list[tuple[int, int]]]) -> list[list]:

@@ -233,7 +233,7 @@ def run_arm(model, processor, samples, arm: Arm, settings: EvalSettings, reward)
             kept_tokens=[f["kept_tokens"] for f in facts],
             visual_tokens=[f["visual_tokens"] for f in facts],
         )
-        result = getattr(getattr(out.past_key_values, "glimpse_state", None), "result", None)
+        result = getattr(getattr(out.cache, "glimpse_state", None), "result", None)
         for b, (row, text, score, fact) in enumerate(zip(rows, texts, scores, facts, strict=True)):
             boxes = box_scores(result, b, row)
             records.append({"row": row.get("source_row"), "prediction": text, "score": score, **fact, **boxes})
@@ -242,7 +242,7 @@ def run_arm(model, processor, samples, arm: Arm, settings: EvalSettings, reward)
 
 def token_facts(out, inputs: dict, processor, rows: list[dict], arm: Arm, image_token: int) -> list[dict]:
     """Per sample: visual tokens, kept visual tokens, keep ratio, and KV length (cached tokens) after prefill."""
-    state = getattr(out.past_key_values, "glimpse_state", None)
+    state = getattr(out.cache, "glimpse_state", None)
     if state is not None:  # pruned prefill: the cache holds the text and the kept visual tokens
         result = state.result
         visual, kept, kv = result.num_visual.tolist(), result.num_kept.tolist(), state.attention_mask.sum(1).tolist()

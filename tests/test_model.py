@@ -56,8 +56,8 @@ def test_capped_prune_shrinks_kv_cache_to_text_plus_kept(request, family):
     kept = result.num_kept
     assert torch.equal(kept, (visual * 0.25).long())
     text = (inputs["attention_mask"].bool() & ~result.visual_mask).sum(1)
-    assert out.past_key_values.get_seq_length() == int((text + kept).max())
-    for layer in out.past_key_values.layers:
+    assert out.cache.get_seq_length() == int((text + kept).max())
+    for layer in out.cache.layers:
         assert layer.keys.shape[2] == int((text + kept).max())
     # The per-image stats add up and say the same thing.
     stats = result.stats()
@@ -123,7 +123,7 @@ def test_training_forward_with_completion_matches_generation(tiny_processor):
     step_logits = out.logits[:, -7:-1]
     scores = torch.stack(gen.scores, dim=1)
     assert (step_logits - scores).abs().max() <= 1e-4
-    assert torch.equal(out.glimpse.keep_mask[:, :prompt_len], gen.past_key_values.glimpse_state.result.keep_mask)
+    assert torch.equal(out.glimpse.keep_mask[:, :prompt_len], gen.cache.glimpse_state.result.keep_mask)
 
 
 def test_reused_keep_mask_is_applied(tiny_processor):

@@ -35,7 +35,7 @@ def test_pruner_keeps_the_budget_and_shrinks_the_cache(model, inputs, name):
     result = out.glimpse
     assert result.num_kept.tolist() == [math.floor(0.25 * n + 0.5) for n in result.num_visual.tolist()]
     text = (inputs["attention_mask"].bool() & ~result.visual_mask).sum(1)
-    assert out.past_key_values.get_seq_length() == int((text + result.num_kept).max())
+    assert out.cache.get_seq_length() == int((text + result.num_kept).max())
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 3
 
 

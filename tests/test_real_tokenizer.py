@@ -19,7 +19,7 @@ def test_real_qwen_processor_pruned_generation():
     assert text.endswith("<|im_start|>assistant\n")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
-    result = out.past_key_values.glimpse_state.result
+    result = out.cache.glimpse_state.result
     visual = int(result.num_visual[0])
     assert visual == int(inputs["image_grid_thw"].prod(-1).item() // 4)
     assert int(result.num_kept[0]) == int(0.25 * visual)

@@ -37,13 +37,21 @@ class GlimpseCausalLMOutput(CausalLMOutputWithPast):
     glimpse: GlimpseResult | None = None
 
 
+def _cache_argument(cache, kwargs: dict):
+    """The generation cache, also when a caller still passes it under its pre-5.24 name `past_key_values`."""
+    legacy = kwargs.pop("past_key_values", None)
+    if cache is not None and legacy is not None:
+        raise ValueError("Pass the generation cache once, as `cache` (not also as `past_key_values`).")
+    return cache if cache is not None else legacy
+
+
 class GlimpseInnerMixin:
     def forward(
         self,
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
         pixel_values=None,
@@ -59,11 +67,12 @@ class GlimpseInnerMixin:
         glimpse_pruner=None,
         **kwargs,
     ):
+        cache = _cache_argument(cache, kwargs)
         vanilla = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             pixel_values=pixel_values,
@@ -76,7 +85,7 @@ class GlimpseInnerMixin:
             raise ValueError(f"glimpse_mode must be 'prune', 'mask' or 'off', got {glimpse_mode!r}.")
         if glimpse_mode == "off":
             return super().forward(**vanilla, **kwargs)
-        state = getattr(past_key_values, "glimpse_state", None)
+        state = getattr(cache, "glimpse_state", None)
         if pixel_values is None:
             if state is not None:
                 return self._decode_step(state, vanilla, kwargs)
@@ -86,7 +95,7 @@ class GlimpseInnerMixin:
             )
         if pixel_values_videos is not None:
             raise ValueError("glimpse pruning supports images only; this input has videos (pixel_values_videos).")
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+        if cache is not None and cache.get_seq_length() > 0:
             raise ValueError("A glimpse prefill needs an empty cache; got a cache that already holds tokens.")
         if use_cache is None:
             use_cache = self.config.text_config.use_cache and not self.training and glimpse_mode == "prune"
@@ -103,12 +112,12 @@ class GlimpseInnerMixin:
             mm_token_type_ids,
         )
         kwargs.pop("return_dict", None)
-        hidden, result, cache = pruned_decoder_forward(
+        hidden, result, filled = pruned_decoder_forward(
             adapter.text_model(self),
             self.glimpse,
             inputs,
             adapter.rotary(),
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             mode=glimpse_mode,
             keep=glimpse_keep,
@@ -118,11 +127,11 @@ class GlimpseInnerMixin:
             pruner=glimpse_pruner,
             **kwargs,
         )
-        return GlimpseModelOutput(last_hidden_state=hidden, past_key_values=cache, glimpse=result)
+        return GlimpseModelOutput(last_hidden_state=hidden, cache=filled, glimpse=result)
 
     def _decode_step(self, state, vanilla: dict, kwargs: dict):
         """A generation step after a pruned prefill: same positions as unpruned, attention over the short cache."""
-        cache = vanilla["past_key_values"]
+        cache = vanilla["cache"]
         new = (vanilla["input_ids"] if vanilla["input_ids"] is not None else vanilla["inputs_embeds"]).shape[1]
         generated = cache.get_seq_length() - state.attention_mask.shape[1]
         mask = vanilla["attention_mask"]
@@ -138,7 +147,7 @@ class GlimpseInnerMixin:
         out = super().forward(**vanilla, **kwargs)
         return GlimpseModelOutput(
             last_hidden_state=out.last_hidden_state,
-            past_key_values=out.past_key_values,
+            cache=out.cache,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
             glimpse=state.result,
@@ -151,7 +160,7 @@ class GlimpseOuterMixin:
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
@@ -169,11 +178,12 @@ class GlimpseOuterMixin:
         glimpse_pruner=None,
         **kwargs,
     ):
+        cache = _cache_argument(cache, kwargs)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             pixel_values=pixel_values,
@@ -205,7 +215,7 @@ class GlimpseOuterMixin:
         return GlimpseCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             glimpse=glimpse,
