@@ -309,9 +309,10 @@ def pruned_decoder_forward(
         use_cache, cache = False, None
     if mode == "mask" and use_cache:
         raise ValueError("glimpse_mode='mask' is a training mode and cannot fill a generation cache.")
-    if use_cache and cache is None:
+    if not use_cache:
+        cache = None
+    elif cache is None:
         cache = DynamicCache(config=text_model.config)
-    cache = cache if use_cache else None
 
     h, saved, prompt_rope, readout, attn_last = _prompt_with_glimpse(
         text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, pruner, **kwargs

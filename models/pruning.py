@@ -17,7 +17,7 @@ from .config import GlimpseConfig
 @dataclass
 class GlimpseResult:
     """What the glimpse decided for one forward pass; attached to model outputs as `output.glimpse` and to the
-    generation cache as `cache.glimpse`.
+    generation cache as `cache.glimpse_state.result`.
 
     All masks are aligned with the input columns `[batch, seq]` of the forward call that ran the glimpse.
     """

@@ -46,11 +46,17 @@ def test_hook_signatures_we_depend_on():
 def test_transformers_internals_we_use():
     from transformers.cache_utils import DynamicLayer
     from transformers.masking_utils import create_causal_mask
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel, apply_rotary_pos_emb
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        Qwen2_5_VLDecoderLayer,
+        Qwen2_5_VLModel,
+        apply_rotary_pos_emb,
+    )
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLModel
     from transformers.vision_utils import get_vision_window_index
 
-    assert "layer_idx" in inspect.signature(create_causal_mask).parameters
+    assert {"layer_idx", "cache"} <= set(inspect.signature(create_causal_mask).parameters)
+    for layer in (Qwen2_5_VLDecoderLayer, Qwen2VLDecoderLayer):  # the cache keyword pruned_decoder_forward passes
+        assert "cache" in inspect.signature(layer.forward).parameters
     assert "mm_token_type_ids" in inspect.signature(Qwen2_5_VLModel.get_rope_index).parameters
     assert "mm_token_type_ids" in inspect.signature(Qwen2VLModel.get_rope_index).parameters
     assert callable(apply_rotary_pos_emb) and callable(get_vision_window_index)
