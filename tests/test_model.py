@@ -44,6 +44,19 @@ def test_keep_all_matches_vanilla_logits_and_generation(request, family):
     assert torch.equal(gen, ref_gen)
 
 
+def test_cache_passed_under_its_old_name_is_filled(tiny_processor):
+    from transformers import DynamicCache
+
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.25)
+    legacy = DynamicCache(config=model.config.text_config)
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True, past_key_values=legacy)
+        assert out.cache is legacy and legacy.get_seq_length() > 0 and legacy.glimpse_state is not None
+        with pytest.raises(ValueError, match="once"):
+            model(**inputs, use_cache=True, cache=DynamicCache(), past_key_values=DynamicCache())
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_capped_prune_shrinks_kv_cache_to_text_plus_kept(request, family):
     processor = _processor(request, family)
