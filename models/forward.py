@@ -306,7 +306,7 @@ def pruned_decoder_forward(
     seq = attention_mask.shape[1]
     prompt = prompt_length or seq
     if prompt < seq:
-        use_cache, cache = False, None
+        use_cache = False
     if mode == "mask" and use_cache:
         raise ValueError("glimpse_mode='mask' is a training mode and cannot fill a generation cache.")
     if not use_cache:
