@@ -206,6 +206,13 @@ def _run_layers(text_model, layer_range, h, mask, rope, cache, use_cache, **kwar
     return h
 
 
+def cut_layer(glimpse: GlimpseModule, pruner=None) -> int:
+    """The layer after which visual tokens are dropped: the glimpse's K, or a training-free pruner's own layer
+    (-1 = before the first layer)."""
+    own = getattr(pruner, "layer", None)
+    return glimpse.config.layer if own is None else own
+
+
 def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_inputs, pruner, **kwargs):
     """Layers 0..K on the prompt columns, the glimpse beside them, and its read-out at layer K.
 
@@ -214,6 +221,7 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     rotary tables, read-out [batch, heads, prompt], last-token attention [batch, prompt] or None).
     """
     cfg = glimpse.config
+    k_layer = cut_layer(glimpse, pruner)
     h = inputs.inputs_embeds[:, :prompt]
     attention_mask = inputs.attention_mask[:, :prompt]
     positions = inputs.position_ids[:, :, :prompt]
@@ -224,7 +232,7 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     g_mask = attention_mask.new_ones(h.shape[0], 1)
     g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if pruner is None else None
     saved, readout, attn_last = [], None, None
-    for idx in range(cfg.layer + 1):
+    for idx in range(k_layer + 1):
         layer = text_model.layers[idx]
         h_in = h
         if keep_inputs:
@@ -233,7 +241,7 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
         # When generating, the layer just cached the prompt's rotated keys and values: the glimpse reads them.
         kv = (cache.layers[idx].keys, cache.layers[idx].values) if cache is not None else None
         if pruner is not None:
-            if idx == cfg.layer and pruner.needs_attn_last:
+            if idx == k_layer and pruner.needs_attn_last:
                 attn_last = _last_token_attention(layer, h_in, rope, attention_mask, rotary, kv and kv[0])
             continue
         if idx > 0:
@@ -257,7 +265,9 @@ def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None, p
         logits = torch.zeros(visual.shape, device=visual.device)
         pad = (0, seq - prompt)
         signal = None if attn_last is None else torch.nn.functional.pad(attn_last, pad)
-        keep = pruner.keep_mask(inputs.inputs_embeds, visual, inputs.segments, signal)
+        text = inputs.attention_mask.bool() & ~visual
+        text[:, prompt:] = False
+        keep = pruner.keep_mask(inputs.inputs_embeds, visual, inputs.segments, signal, text)
         return keep, key_bias(keep.float(), visual), logits
     logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
     if keep is not None:
@@ -301,7 +311,7 @@ def pruned_decoder_forward(
     0..K as side tokens, layers K+1.. in the short sequence). Such a pass fills no cache.
     Hidden states are [batch, kept_len, hidden] in prune mode and [batch, seq, hidden] in masked mode.
     """
-    k_layer = glimpse.config.layer
+    k_layer = cut_layer(glimpse, pruner)
     attention_mask, position_ids, visual = inputs.attention_mask, inputs.position_ids, inputs.visual_mask
     seq = attention_mask.shape[1]
     prompt = prompt_length or seq

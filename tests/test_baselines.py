@@ -8,7 +8,10 @@ import torch
 from glimpserl.models.baselines import (
     SELECTORS,
     build_selector,
+    cdpruner_kernel,
+    cdpruner_relevance,
     divprune_order,
+    dpp_greedy,
     gprune_scores,
     gprune_transition,
     keep_count,
@@ -149,10 +152,59 @@ def test_random_is_reproducible_by_seed_with_exact_count():
     assert not torch.equal(first, other)
 
 
+# ---------------------------------------------------------------- CDPruner
+# Four 2D tokens: f0 = (1, 0), f1 = (1, 0) (a duplicate of f0), f2 = (0, 1), f3 = (1, 1)/sqrt(2); cosines
+# f0.f3 = f2.f3 = 1/sqrt(2), f0.f2 = 0. Qualities q = (1, 0.5, 0.8, 0.9), L = diag(q) S diag(q):
+#   diag L = (1, 0.25, 0.64, 0.81); L[0] = (1, 0.5, 0, 0.9/sqrt 2); L[2] = (0, 0, 0.64, 0.72/sqrt 2)
+# Step 1: largest gain is f0 (1). Residual e0 = L[0] / 1, gains - e0^2 = (0, 0, 0.64, 0.81 - 0.405 = 0.405).
+# Step 2: f2 (0.64). e2 = (L[2] - e0[2] e0) / 0.8 = (0, 0, 0.8, 0.9/sqrt 2), gains - e2^2 = (., 0, ., 0): f1 and f3
+# lie in the span of f0 and f2 and add no volume. Step 3+: filled by quality, f3 (0.9) before f1 (0.5).
+# Brute force over pairs agrees with the greedy pair: det L_{0,2} = 0.64 > det L_{0,3} = 0.405 > det L_{2,3} = 0.2592.
+DPP_FEATURES = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [2**-0.5, 2**-0.5]])
+DPP_QUALITY = torch.tensor([1.0, 0.5, 0.8, 0.9])
+
+
+def test_cdpruner_kernel_and_greedy_map_by_hand():
+    kernel = cdpruner_kernel(DPP_FEATURES, DPP_QUALITY)
+    assert torch.allclose(kernel.diagonal(), torch.tensor([1.0, 0.25, 0.64, 0.81]))
+    assert kernel[0, 3].item() == pytest.approx(0.9 / math.sqrt(2), abs=1e-6)
+    assert dpp_greedy(kernel, 4, fallback=DPP_QUALITY).tolist() == [0, 2, 3, 1]
+    pairs = {(i, j): torch.linalg.det(kernel[[i, j]][:, [i, j]].double()).item() for i in range(4) for j in range(i)}
+    assert max(pairs, key=pairs.get) == (2, 0)
+    assert pairs[(2, 0)] == pytest.approx(0.64) and pairs[(3, 0)] == pytest.approx(0.405, abs=1e-6)
+
+
+def test_cdpruner_relevance_by_hand():
+    # cosines to the instruction (1, 0): 1, 0, 1/sqrt(2); min-max rescaled to (0, 1], the least relevant ~0.
+    features = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    relevance = cdpruner_relevance(features, torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(relevance, torch.tensor([1.0, 0.0, 2**-0.5]) + 1e-6, atol=1e-6)
+    flipped = cdpruner_relevance(features, torch.tensor([[1.0, 0.0]]), negate=True)
+    assert torch.allclose(flipped, torch.tensor([0.0, 1.0, 1 - 2**-0.5]) + 1e-6, atol=1e-6)
+
+
+def test_cdpruner_follows_the_instruction_and_then_diversity():
+    """Two clusters of look-alike tokens; the instruction points at the second cluster. Keeping 2: the most relevant
+    token first, then the one that adds the most volume (the other cluster), never its own duplicate."""
+    features = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [0.1, 0.99]])
+    selector = build_selector("cdpruner")
+    one = selector.select(features=features, keep=1, instruction=torch.tensor([[0.0, 1.0]]))
+    assert one.nonzero().flatten().tolist() == [2]
+    two = selector.select(features=features, keep=2, instruction=torch.tensor([[0.05, 1.0]]))
+    assert two[[2, 3]].sum() == 1 and two[[0, 1]].sum() == 1
+    with pytest.raises(ValueError, match="needs instruction"):
+        selector.select(features=features, keep=2)
+    with pytest.raises(ValueError, match=r"instruction must have shape \[m >= 1, 2\]"):
+        selector.select(features=features, keep=2, instruction=torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"theta must be in \(0, 1\)"):
+        build_selector("cdpruner", theta=1.0)
+
+
 # ---------------------------------------------------------------- The contract, for every selector
 SIGNAL_INPUTS = {"features": torch.randn(12, 6, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)}
 SIGNAL_INPUTS["attn_last"] = torch.softmax(torch.randn(12, generator=torch.Generator().manual_seed(2)), 0)
 SIGNAL_INPUTS["vision_attn"] = torch.rand(12, generator=torch.Generator().manual_seed(3))
+SIGNAL_INPUTS["instruction"] = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
@@ -176,6 +228,7 @@ def test_every_selector_rejects_bad_keep_and_missing_signals(name):
 
 def test_needs():
     assert {name: set(cls.needs) for name, cls in SELECTORS.items()} == {
+        "cdpruner": {"instruction"},
         "divprune": set(),
         "fastv": {"attn_last"},
         "gprune": set(),
@@ -217,7 +270,7 @@ def test_keep_count_errors(kwargs, message):
 
 def test_unknown_selector_lists_valid_names():
     with pytest.raises(
-        ValueError, match="unknown token selector 'tome'; valid names: divprune, fastv, gprune, random"
+        ValueError, match="unknown token selector 'tome'; valid names: cdpruner, divprune, fastv, gprune, random"
     ):
         build_selector("tome")
 

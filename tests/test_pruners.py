@@ -26,7 +26,7 @@ def inputs(tiny_processor):
     )
 
 
-@pytest.mark.parametrize("name", ["gprune", "fastv", "divprune", "random"])
+@pytest.mark.parametrize("name", ["gprune", "fastv", "divprune", "cdpruner", "random"])
 def test_pruner_keeps_the_budget_and_shrinks_the_cache(model, inputs, name):
     pruner = TrainingFreePruner.build(name, keep_ratio=0.25)
     with torch.no_grad():
@@ -86,3 +86,64 @@ def test_pruner_bad_input_is_a_clear_error(model, inputs):
         TrainingFreePruner.build("gprune")
     with pytest.raises(ValueError, match="vision-encoder attention"), torch.no_grad():
         model(**inputs, glimpse_pruner=TrainingFreePruner.build("visionzip", keep_ratio=0.5))
+
+
+def test_cdpruner_reads_the_instruction_after_the_image(model, inputs):
+    """The instruction signal is the prompt's text after the image: the same image with another question can keep
+    other tokens, and the selection equals the selector run by hand on those features."""
+    from glimpserl.models.baselines import build_selector, keep_count
+
+    pruner = TrainingFreePruner.build("cdpruner", keep_ratio=0.25)
+    with torch.no_grad():
+        result = model(**inputs, glimpse_pruner=pruner).glimpse
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+        image_embeds = torch.cat(
+            model.model.get_image_features(
+                inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+            ).pooler_output
+        )
+    visual = result.visual_mask
+    embeds[visual] = image_embeds
+    for b in range(2):
+        columns = visual[b].nonzero().flatten()
+        after = inputs["attention_mask"][b].bool() & ~visual[b]
+        after[: int(columns[-1]) + 1] = False
+        n = len(columns)
+        expected = build_selector("cdpruner").select(
+            features=embeds[b, columns], keep=keep_count(n, keep_ratio=0.25), instruction=embeds[b, after]
+        )
+        assert torch.equal(result.keep_mask[b][visual[b]], expected)
+
+
+def test_input_layer_pruning_runs_the_whole_decoder_on_the_kept_tokens_only(model, inputs):
+    """layer=-1 (pruning before the LLM, G-Prune / DivPrune's native point): the output equals the plain decoder
+    run on the gathered input embeddings with their original positions, and every cached layer is short."""
+    pruner = TrainingFreePruner.build("random", keep_ratio=0.3, seed=3, layer=-1)
+    with torch.no_grad():
+        out = model(**inputs, glimpse_pruner=pruner, use_cache=True)
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+        image_embeds = torch.cat(
+            model.model.get_image_features(
+                inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+            ).pooler_output
+        )
+        positions, _ = model.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"], inputs["attention_mask"]
+        )
+    result = out.glimpse
+    embeds[result.visual_mask] = image_embeds
+    index = result.kept_index
+    valid = result.keep_mask.gather(1, index)
+    gathered = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1]))
+    kept_positions = positions.gather(2, index[None].expand(3, -1, -1))
+    with torch.no_grad():
+        plain = model.model.language_model(
+            inputs_embeds=gathered, position_ids=kept_positions, attention_mask=valid.long(), use_cache=False
+        ).last_hidden_state
+        plain_logits = model.lm_head(plain[:, -1])
+    assert torch.allclose(out.logits[:, -1], plain_logits, atol=1e-5)
+    text = (inputs["attention_mask"].bool() & ~result.visual_mask).sum(1)
+    lengths = {layer.keys.shape[2] for layer in out.cache.layers}
+    assert lengths == {int((text + result.num_kept).max())}
+    with pytest.raises(ValueError, match="cannot prune the input"):
+        TrainingFreePruner.build("fastv", keep_ratio=0.5, layer=-1)

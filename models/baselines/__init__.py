@@ -8,12 +8,14 @@ Each selector looks at the visual tokens of ONE image and returns a bool keep ma
     mask = selector.select(features=feats, keep=keep, attn_last=None, vision_attn=None, generator=None)
 
 Names: `gprune` (graph propagation, arXiv 2501.02268), `fastv` (attention of the last prompt token at
-layer K; needs `attn_last`), `divprune` (greedy max-min diversity), `visionzip` (vision-encoder
-attention + spread contextual tokens; needs `vision_attn`), `random`. Downsampling (a lower
-max_pixels) is a baseline too, but it changes the input, not the selection, so it is not here.
+layer K; needs `attn_last`), `divprune` (greedy max-min diversity), `cdpruner` (conditional DPP over
+instruction relevance and feature similarity, arXiv 2506.10967; needs `instruction`), `visionzip`
+(vision-encoder attention + spread contextual tokens; needs `vision_attn`), `random`. Downsampling (a
+lower max_pixels) is a baseline too, but it changes the input, not the selection, so it is not here.
 """
 
 # Importing each selector module registers it in SELECTORS.
+from .cdpruner import CDPrunerSelector, cdpruner_kernel, cdpruner_relevance, dpp_greedy
 from .divprune import DivPruneSelector, divprune_order
 from .fastv import FastVSelector
 from .gprune import GPruneSelector, gprune_scores, gprune_transition
@@ -24,6 +26,7 @@ from .visionzip import VisionZipSelector, merge_into_kept, visionzip_split
 
 __all__ = [
     "SELECTORS",
+    "CDPrunerSelector",
     "SIGNALS",
     "DivPruneSelector",
     "FastVSelector",
@@ -33,6 +36,9 @@ __all__ = [
     "TrainingFreePruner",
     "VisionZipSelector",
     "build_selector",
+    "cdpruner_kernel",
+    "cdpruner_relevance",
+    "dpp_greedy",
     "divprune_order",
     "gprune_scores",
     "gprune_transition",

@@ -50,6 +50,7 @@ class DivPruneSelector:
         keep: int,
         attn_last: Tensor | None = None,
         vision_attn: Tensor | None = None,
+        instruction: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         check_inputs(self, features, keep)

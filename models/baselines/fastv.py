@@ -28,6 +28,7 @@ class FastVSelector:
         keep: int,
         attn_last: Tensor | None = None,
         vision_attn: Tensor | None = None,
+        instruction: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         check_inputs(self, features, keep, attn_last=attn_last)

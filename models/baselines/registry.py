@@ -2,7 +2,7 @@
 
 A selector sees the visual tokens of ONE image and returns a boolean keep mask `[n]` with exactly
 `keep` True entries. It never touches the model: the pruned forward gathers whatever signals the
-selector `needs` (`attn_last`, `vision_attn`), calls `select`, and removes the dropped tokens.
+selector `needs` (`attn_last`, `vision_attn`, `instruction`), calls `select`, and removes the dropped tokens.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-SIGNALS = frozenset({"attn_last", "vision_attn"})
-"""Optional per-token signals a selector can ask for in `needs`."""
+SIGNALS = frozenset({"attn_last", "vision_attn", "instruction"})
+"""Optional signals a selector can ask for in `needs`: per-token `[n]` scores, or the instruction's token
+features `[m, d]`."""
 
 
 @runtime_checkable
@@ -36,10 +37,12 @@ class TokenSelector(Protocol):
         keep: int,
         attn_last: Tensor | None = None,
         vision_attn: Tensor | None = None,
+        instruction: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """features `[n, d]` (after the projector), attn_last `[n]` (attention from the last prompt token
-        at layer K, head-averaged), vision_attn `[n]` (attention received inside the vision encoder).
+        at layer K, head-averaged), vision_attn `[n]` (attention received inside the vision encoder),
+        instruction `[m, d]` (input features of the prompt's text after the image, in the features' space).
         Returns a bool mask `[n]` on `features.device` with exactly `keep` True (0 < keep <= n)."""
         ...
 
@@ -96,7 +99,8 @@ def keep_count(n: int, keep_ratio: float | None = None, budget: int | None = Non
 
 
 def check_inputs(selector: object, features: Tensor, keep: int, **signals: Tensor | None) -> None:
-    """Shared argument checks: features `[n, d]`, 0 < keep <= n, every needed signal present with shape `[n]`."""
+    """Shared argument checks: features `[n, d]`, 0 < keep <= n, every needed signal present with its shape
+    (`[n]` for per-token scores, `[m, d]` with m >= 1 for `instruction`)."""
     if features.dim() != 2 or features.shape[0] == 0:
         raise ValueError(f"features must be [n, d] with n >= 1, got shape {tuple(features.shape)}")
     n = features.shape[0]
@@ -104,9 +108,16 @@ def check_inputs(selector: object, features: Tensor, keep: int, **signals: Tenso
         raise ValueError(f"keep must be an int in [1, {n}] for {n} visual tokens, got {keep!r}")
     for name in getattr(selector, "needs", ()):
         value = signals.get(name)
+        shape = "an [m, d] tensor" if name == "instruction" else "a [n] tensor"
         if value is None:
-            raise ValueError(f"{type(selector).__name__} needs {name} (a [n] tensor), got None")
-        if value.shape != (n,):
+            raise ValueError(f"{type(selector).__name__} needs {name} ({shape}), got None")
+        if name == "instruction":
+            if value.dim() != 2 or value.shape[0] == 0 or value.shape[1] != features.shape[1]:
+                raise ValueError(
+                    f"instruction must have shape [m >= 1, {features.shape[1]}] to match features, got "
+                    f"{tuple(value.shape)}"
+                )
+        elif value.shape != (n,):
             raise ValueError(f"{name} must have shape [{n}] to match features, got {tuple(value.shape)}")
 
 

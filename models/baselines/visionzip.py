@@ -66,6 +66,7 @@ class VisionZipSelector:
         keep: int,
         attn_last: Tensor | None = None,
         vision_attn: Tensor | None = None,
+        instruction: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         check_inputs(self, features, keep, vision_attn=vision_attn)
