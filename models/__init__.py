@@ -1,6 +1,6 @@
 """Glimpse token, VIP and the pruned forward pass for Hugging Face VLMs."""
 
-from .adapter import get_adapter, supported_model_types
+from .adapter import freeze_vision, get_adapter, supported_model_types
 from .config import GlimpseConfig
 from .forward import GlimpseCacheState
 from .glimpse import add_glimpse, glimpse_module, load_glimpse, read_glimpse_config, save_glimpse
@@ -11,6 +11,7 @@ __all__ = [
     "GlimpseConfig",
     "GlimpseResult",
     "add_glimpse",
+    "freeze_vision",
     "get_adapter",
     "glimpse_module",
     "load_glimpse",
