@@ -22,7 +22,11 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         default="builtin:tiny-qwen2_5_vl",
-        metadata={"help": "Base VLM: a local folder, a hub id, or builtin:tiny-qwen2_5_vl / builtin:tiny-qwen2_vl."},
+        metadata={
+            "help": "Base VLM: a local folder, a hub id, builtin:mini-qwen2_5_vl (a small Qwen2.5-VL trained on the "
+            "built-in shapes task, shipped with the package) or builtin:tiny-qwen2_5_vl / builtin:tiny-qwen2_vl "
+            "(random weights)."
+        },
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="float32", metadata={"help": "Dtype the base model is loaded in (bfloat16 on GPUs)."}

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 BUILTIN_MODEL = "builtin:tiny-qwen2_5_vl"
 BUILTIN_SYNTH = "builtin:synth"
+BUILTIN_SETS = ("builtin:synth", "builtin:shapes")
 GLIMPSE, UNPRUNED, DOWNSAMPLE = "glimpse", "none", "downsample"
 ARMS = (GLIMPSE, UNPRUNED, DOWNSAMPLE)
 """Pruners that are not training-free selectors: the VIP, the unpruned model, and the unpruned model on images
 shrunk to the keep ratio. Every other name is a selector of `glimpserl.models.baselines`."""
-DEFAULT_BASELINES = ("gprune", "fastv", "divprune", "random", DOWNSAMPLE, UNPRUNED)
+DEFAULT_BASELINES = ("gprune", "fastv", "divprune", "cdpruner", "random", DOWNSAMPLE, UNPRUNED)
 DEFAULT_KEEP_RATIO = 0.25
 """Keep ratio of the baselines when no glimpse runs and --keep-ratio is not given."""
 
@@ -33,16 +34,18 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dataset",
-        default=BUILTIN_SYNTH,
-        help="A .jsonl/.json/.csv/.parquet file, a save_to_disk folder, a hub id, or builtin:synth (default).",
+        default=None,
+        help="A .jsonl/.json/.csv/.parquet file, a save_to_disk folder, a hub id, or builtin:synth / builtin:shapes. "
+        "Default: the held-out data of the run given by --glimpse / --run (its glimpserl_run.json), else builtin:synth.",
     )
     p.add_argument("--split", default="test", help="Split to read (builtin:synth: train or test; default: test).")
     p.add_argument(
         "--pruners",
         default=None,
         help="Comma-separated: glimpse (the trained VIP), none (unpruned), downsample (unpruned on images shrunk to the "
-        "keep ratio) and training-free selectors (gprune, fastv, divprune, random). Default: all of them, glimpse "
-        "only when --glimpse or --run is given.",
+        "keep ratio) and training-free selectors (gprune, fastv, divprune, cdpruner, random). A selector prunes after "
+        "the glimpse's layer K, or after its own layer with NAME@LAYER (NAME@input: before the language model, e.g. "
+        "gprune@input, fastv@0). Default: all of them at layer K, glimpse only when --glimpse or --run is given.",
     )
     ratio = p.add_mutually_exclusive_group()
     ratio.add_argument("--keep-ratio", type=float, default=None, help="Fixed keep ratio in (0, 1] for the baselines.")
@@ -51,6 +54,15 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="Baselines keep the glimpse's measured mean keep ratio (the default when glimpse runs; otherwise the "
         f"baselines keep {DEFAULT_KEEP_RATIO}).",
+    )
+    p.add_argument(
+        "--question-template",
+        default=None,
+        help="User-turn text after the image(s), with {question}. Default: the template the run given by --glimpse / "
+        "--run trained with (its glimpserl_run.json), else the data loader's default.",
+    )
+    p.add_argument(
+        "--system-prompt", default=None, help="System message. Default: the run's (glimpserl_run.json), else none."
     )
     p.add_argument("--metric", default="exact_match", help="Reward used as the metric (glimpserl.rewards registry).")
     p.add_argument("--answer-column", default="answer", help="Dataset column with the reference answer(s).")
@@ -74,7 +86,7 @@ class EvalSettings:
     model: str | None = None
     glimpse: str | None = None
     run_dir: str | None = None
-    dataset: str = BUILTIN_SYNTH
+    dataset: str | None = None
     split: str = "test"
     pruners: list[str] | str | None = None
     keep_ratio: float | None = None
@@ -86,6 +98,8 @@ class EvalSettings:
     max_samples: int | None = None
     max_pixels: int | None = None
     min_pixels: int | None = None
+    question_template: str | None = None
+    system_prompt: str | None = None
     threshold: float | None = None
     max_keep_ratio: float | None = None
     dtype: str = "float32"
@@ -98,6 +112,7 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         self.pruners = _parse_pruners(self.pruners, self.has_glimpse)
+        self._follow_run_card()
         if self.glimpse and self.run_dir:
             raise ValueError("give --glimpse (weights for --model) or --run (a run or export folder), not both.")
         if GLIMPSE in self.pruners and not self.has_glimpse:
@@ -118,12 +133,27 @@ class EvalSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-        if self.dataset == BUILTIN_SYNTH and self.split not in ("train", "test"):
-            raise ValueError(f"builtin:synth has the splits 'train' and 'test', not {self.split!r}.")
+        if self.dataset in BUILTIN_SETS and self.split not in ("train", "val", "test"):
+            raise ValueError(f"{self.dataset} has the splits 'train', 'val' and 'test', not {self.split!r}.")
         from ..rewards import available_rewards
 
         if self.metric not in available_rewards():
             raise ValueError(f"unknown --metric {self.metric!r}; valid metrics: {', '.join(available_rewards())}.")
+
+    def _follow_run_card(self) -> None:
+        """Fill what was not given from the run's glimpserl_run.json: the model, held-out data, prompt and pixels."""
+        from .run_card import read_run_card
+
+        folder = self.glimpse or self.run_dir
+        card = read_run_card(folder) if folder else None
+        if card is not None:
+            self.model = self.model or (card.get("model_name_or_path") if self.glimpse else None)
+            self.dataset = self.dataset or card.get("eval_dataset")
+            for key in ("question_template", "system_prompt", "min_pixels", "max_pixels"):
+                if getattr(self, key) is None:
+                    setattr(self, key, card["data"].get(key))
+        self.dataset = self.dataset or BUILTIN_SYNTH
+        self.run_card = card is not None
 
     @property
     def has_glimpse(self) -> bool:
@@ -132,6 +162,18 @@ class EvalSettings:
     @property
     def baselines(self) -> list[str]:
         return [name for name in self.pruners if name not in ARMS]
+
+
+def parse_pruner_spec(spec: str) -> tuple[str, int | None]:
+    """'gprune' -> ('gprune', None); 'fastv@0' -> ('fastv', 0); 'gprune@input' -> ('gprune', -1)."""
+    name, _, layer = spec.partition("@")
+    if not layer:
+        return name, None
+    if layer == "input":
+        return name, -1
+    if not layer.lstrip("-").isdigit() or int(layer) < -1:
+        raise ValueError(f"pruner {spec!r}: the part after @ must be a layer index >= 0 or 'input'.")
+    return name, int(layer)
 
 
 def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str]:
@@ -145,13 +187,18 @@ def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str
     valid = [*ARMS, *sorted(SELECTORS)]
     if not names:
         raise ValueError(f"--pruners is empty; valid pruners: {', '.join(valid)}.")
-    for name in names:
+    for spec in names:
+        name, layer = parse_pruner_spec(spec)
         if name not in valid:
             raise ValueError(f"unknown pruner {name!r} in --pruners; valid pruners: {', '.join(valid)}.")
-        if name not in ARMS and "vision_attn" in TrainingFreePruner.build(name, keep_ratio=1.0).selector.needs:
-            raise ValueError(
-                f"pruner {name!r} needs vision-encoder attention, which glimpserl's pruned forward does not provide; "
-                f"use one of {', '.join(n for n in valid if n != name)}."
-            )
+        if name in ARMS and layer is not None:
+            raise ValueError(f"pruner {spec!r}: only training-free selectors take @LAYER.")
+        if name not in ARMS:
+            pruner = TrainingFreePruner.build(name, keep_ratio=1.0, layer=layer)
+            if "vision_attn" in pruner.selector.needs:
+                raise ValueError(
+                    f"pruner {name!r} needs vision-encoder attention, which glimpserl's pruned forward does not "
+                    f"provide; use one of {', '.join(n for n in valid if n != name)}."
+                )
     names = list(dict.fromkeys(names))  # duplicates would only run twice
     return sorted(names, key=lambda n: n != GLIMPSE)

@@ -30,13 +30,28 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .eval_config import BUILTIN_MODEL, BUILTIN_SYNTH, DOWNSAMPLE, GLIMPSE, UNPRUNED, EvalSettings
+from .eval_config import BUILTIN_MODEL, DOWNSAMPLE, GLIMPSE, UNPRUNED, EvalSettings, parse_pruner_spec
 from .eval_report import arm_summary, markdown_table
 
 logger = logging.getLogger("glimpserl")
-# builtin:synth is the training recipes' default set (their synth_* defaults and TrainingArguments' seed 42), so
-# its test split is the one stage-1 / stage-2 runs held out.
-SYNTH_DEFAULTS = {"n_train": 200, "n_test": 50, "image_size": 448, "seed": 42}
+def _synth_defaults(task: str) -> dict:
+    """The built-in set a recipe gets when it leaves every synth_* key at its default (SynthArguments)."""
+    from .configs import SynthArguments
+
+    d = SynthArguments()
+    return {
+        "n_train": d.synth_train,
+        "n_test": d.synth_test,
+        "image_size": d.synth_image_size,
+        "seed": d.synth_seed,
+        "task": task,
+        "n_val": d.synth_val,
+    }
+
+
+# A run's own built-in data is followed through its glimpserl_run.json (resolved paths); a bare builtin:... name
+# means the set with the default synth_* settings.
+BUILTIN_DATA = {"builtin:synth": _synth_defaults("glimpse"), "builtin:shapes": _synth_defaults("shapes")}
 NOT_COLUMNS = ("images", "prompt")
 GROUP_COLUMN = "kind"
 """Rows that carry this column (the built-in sets' question kind) also get the metric per value."""
@@ -62,7 +77,8 @@ def make_arm(name: str, keep_ratio: float | None, seed: int) -> Arm:
         return Arm(name, {"glimpse_mode": "off"})
     if name == DOWNSAMPLE:
         return Arm(name, {"glimpse_mode": "off"}, keep_ratio, shrink=keep_ratio)
-    pruner = TrainingFreePruner.build(name, keep_ratio=keep_ratio, seed=seed)
+    selector, layer = parse_pruner_spec(name)
+    pruner = TrainingFreePruner.build(selector, keep_ratio=keep_ratio, seed=seed, layer=layer)
     return Arm(name, {"glimpse_pruner": pruner}, keep_ratio)
 
 
@@ -115,8 +131,8 @@ def load_samples(settings: EvalSettings, reward):
     from .synth import cached_synth
 
     path = settings.dataset
-    if path == BUILTIN_SYNTH:
-        path = str(cached_synth(**SYNTH_DEFAULTS) / f"{settings.split}.jsonl")
+    if path in BUILTIN_DATA:
+        path = str(cached_synth(**BUILTIN_DATA[path]) / f"{settings.split}.jsonl")
     columns = metric_columns(reward, settings.answer_column)
     table = read_table(path, settings.split)
     for source_column in columns.values():
@@ -126,11 +142,14 @@ def load_samples(settings: EvalSettings, reward):
                 f"dataset lacks (columns: {table.columns}). Point --answer-column at the answers, or pick another "
                 "--metric."
             )
+    prompt = {"question_template": settings.question_template} if settings.question_template else {}
     config = DataConfig(
         dataset=path,
         split=settings.split,
         answer_column=settings.answer_column,
         max_samples=settings.max_samples,
+        system_prompt=settings.system_prompt,
+        **prompt,
         extra_columns=[c for c in columns if c != "answer"] + ([GROUP_COLUMN] * (GROUP_COLUMN in table.columns)),
     )
     dataset, report = load_vqa(config)

@@ -16,10 +16,11 @@ import json
 import logging
 from pathlib import Path
 
+from .run_card import write_run_card
+
 logger = logging.getLogger("glimpserl")
 BUILTIN_SETS = {"builtin:synth": "glimpse", "builtin:shapes": "shapes"}
 """Built-in synthetic datasets (written into the cache on first use) and their task."""
-RUN_CARD = "glimpserl_run.json"
 
 
 def materialize_synth(name: str, train_args) -> Path:
@@ -56,24 +57,6 @@ def resolve_data(data_args, train_args):
     eval_args = dataclasses.replace(data_args, dataset=eval_path, **held_out) if eval_path else None
     val_args = dataclasses.replace(data_args, dataset=val_path, **held_out) if val_path else None
     return data_args, eval_args, val_args
-
-
-def write_run_card(stage: str, model_args, data_args, eval_args, train_args) -> None:
-    """`glimpserl_run.json` in output_dir: the model, data and prompt settings the run used (`glimpserl eval` reads
-    its prompt template, pixel bounds and held-out data from here)."""
-    if not train_args.should_save:
-        return
-    data = dataclasses.asdict(data_args)
-    card = {
-        "stage": stage,
-        "model_name_or_path": model_args.model_name_or_path,
-        "data": {k: data[k] for k in ("dataset", "question_template", "system_prompt", "min_pixels", "max_pixels")},
-        "eval_dataset": eval_args.dataset if eval_args is not None else None,
-        "seed": train_args.seed,
-    }
-    folder = Path(train_args.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_CARD).write_text(json.dumps(card, indent=2) + "\n")
 
 
 def resume_point(train_args) -> str | None:
