@@ -84,6 +84,14 @@ class SynthArguments:
             "help": "Seed of the built-in synthetic data, independent of the training seed (same data, new run)."
         },
     )
+    synth_curriculum: int = field(
+        default=0,
+        metadata={
+            "help": "builtin:shapes only: the first N train rows hold fewer objects, rising from one to the full "
+            "count (for training a model from scratch; read the rows in order with train_sampling_strategy: "
+            "sequential). 0 = off."
+        },
+    )
 
 
 @dataclass

@@ -270,12 +270,15 @@ def task_kinds(task: str) -> tuple[str, ...]:
     return KINDS
 
 
-def _write_split(out_dir: Path, split: str, n: int, size: tuple[int, int], seed: int, task: str) -> Counter:
+def _write_split(
+    out_dir: Path, split: str, n: int, size: tuple[int, int], seed: int, task: str, curriculum: int = 0
+) -> Counter:
     kinds: Counter = Counter()
     make = task_sampler(task)
+    extra = {"curriculum": curriculum} if curriculum else {}
     with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
         for index in range(n):
-            sample = make(seed, split, index, size)
+            sample = make(seed, split, index, size, **extra)
             rel = f"images/{split}_{index:06d}.png"
             sample.image.save(out_dir / rel, format="PNG")
             row = {
@@ -299,11 +302,14 @@ def write_synth(
     overwrite: bool = False,
     task: str = "glimpse",
     n_val: int = 0,
+    curriculum: int = 0,
 ) -> Path:
     """Write images/*.png, train.jsonl, test.jsonl (+ val.jsonl when n_val > 0) and dataset.json under `out_dir`."""
     if n_train < 0 or n_test < 0 or n_val < 0:
         raise ValueError(f"n_train, n_val and n_test must be >= 0, got {n_train}, {n_val} and {n_test}")
     kind_names = task_kinds(task)
+    if curriculum and task != "shapes":
+        raise ValueError(f"curriculum is a feature of the shapes task, not of {task!r}.")
     size = parse_image_size(image_size)
     out_dir = Path(out_dir)
     ours = [out_dir / name for name in ("images", "train.jsonl", "val.jsonl", "test.jsonl", "dataset.json")]
@@ -318,12 +324,13 @@ def write_synth(
                 path.unlink(missing_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, **({"val": n_val} if n_val else {}), "test": n_test}
-    kinds = {split: _write_split(out_dir, split, n, size, seed, task) for split, n in counts.items()}
+    kinds = {split: _write_split(out_dir, split, n, size, seed, task, curriculum) for split, n in counts.items()}
     card = {
         "name": "glimpserl-synth" if task == "glimpse" else f"glimpserl-{task}",
         "task": task,
         "format_version": FORMAT_VERSION,
         "seed": seed,
+        **({"curriculum_rows": curriculum} if curriculum else {}),
         "image_size": {"width": size[0], "height": size[1]},
         "counts": counts,
         "kinds": {split: dict(sorted(c.items())) for split, c in kinds.items()},
@@ -343,16 +350,19 @@ def write_synth(
     return out_dir
 
 
-def cached_synth(n_train: int, n_test: int, image_size: int, seed: int, task: str = "glimpse", n_val: int = 0) -> Path:
+def cached_synth(
+    n_train: int, n_test: int, image_size: int, seed: int, task: str = "glimpse", n_val: int = 0, curriculum: int = 0
+) -> Path:
     """A built-in synthetic set (`builtin:synth`, `builtin:shapes`) with these settings, written once into
     glimpserl's cache."""
     from ..models.loading import cache_dir
 
     val = f"-{n_val}" if n_val else ""
     name = "synth" if task == "glimpse" else task
-    folder = cache_dir() / f"{name}-seed{seed}-n{n_train}{val}-{n_test}-{image_size}"
+    ramp = f"-c{curriculum}" if curriculum else ""
+    folder = cache_dir() / f"{name}-seed{seed}-n{n_train}{val}-{n_test}-{image_size}{ramp}"
     if not (folder / "dataset.json").is_file():  # dataset.json is written last: its presence means complete
-        write_synth(folder, n_train, n_test, image_size, seed, overwrite=True, task=task, n_val=n_val)
+        write_synth(folder, n_train, n_test, image_size, seed, True, task, n_val, curriculum)
     return folder
 
 
@@ -373,6 +383,12 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--image-size", default="448", help="Image size: 448 for square or WIDTHxHEIGHT like 640x480 (default: 448)."
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed; the same seed writes byte-identical files.")
+    parser.add_argument(
+        "--curriculum",
+        type=int,
+        default=0,
+        help="shapes task: the first N train rows hold fewer objects, rising from one (default: 0, off).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an earlier synth set in --out.")
     return parser
 
@@ -381,7 +397,7 @@ def run_synth(args: argparse.Namespace) -> int:
     """Write the set `args` (from `add_synth_arguments`) describe and print where it went."""
     size = parse_image_size(args.image_size)
     out = write_synth(
-        args.out, args.n_train, args.n_test, size, args.seed, args.overwrite, task=args.task, n_val=args.n_val
+        args.out, args.n_train, args.n_test, size, args.seed, args.overwrite, args.task, args.n_val, args.curriculum
     )
     counts = f"{args.n_train} train + {args.n_val} val + {args.n_test} test" if args.n_val else None
     counts = counts or f"{args.n_train} train + {args.n_test} test"

@@ -10,13 +10,17 @@ tokens (the question names one attribute, the answer is the other):
 
 With several equally salient objects, a pruner that does not follow the question keeps the wrong one about as often
 as a random one would; with ~3% of the tokens holding the answer, a good pruner can drop the rest.
+
+Curriculum (training from scratch): with `curriculum` = N > 0, train rows 0..N-1 hold fewer objects, from one object
+at row 0 rising to the full count at row N (every other split, and later rows, hold the full 3-6). A model that
+first learns to read one object learns to pick one among several far sooner (read the rows in order:
+`train_sampling_strategy: sequential`).
 """
 
 from __future__ import annotations
 
 import random
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from .synth import COLOURS, SynthObject, SynthSample, draw_object, parse_image_size
@@ -41,7 +45,16 @@ def _free_cells(rng: random.Random, grid: tuple[int, int], taken: set) -> tuple[
     return None
 
 
-def make_shapes_sample(seed: int, split: str, index: int, image_size: int | tuple[int, int] = 336) -> SynthSample:
+def object_range(split: str, index: int, curriculum: int = 0) -> tuple[int, int]:
+    """(fewest, most) objects of row `index` of `split` (inclusive), following the curriculum on the train split."""
+    if split != "train" or curriculum <= 0 or index >= curriculum:
+        return OBJECTS
+    return 1, min(OBJECTS[1], 1 + (OBJECTS[1] * index) // curriculum)
+
+
+def make_shapes_sample(
+    seed: int, split: str, index: int, image_size: int | tuple[int, int] = 336, curriculum: int = 0
+) -> SynthSample:
     """Sample `index` of `split`, a pure function of its arguments (see the module docstring)."""
     width, height = parse_image_size(image_size)
     grid = (height // TOKEN, width // TOKEN)
@@ -52,7 +65,7 @@ def make_shapes_sample(seed: int, split: str, index: int, image_size: int | tupl
     shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
     taken: set = set()
     objects = []
-    for i in range(rng.randint(*OBJECTS)):
+    for i in range(rng.randint(*object_range(split, index, curriculum))):
         cell = _free_cells(rng, grid, taken)
         if cell is None:  # a small canvas simply holds fewer distractors
             break
@@ -64,13 +77,12 @@ def make_shapes_sample(seed: int, split: str, index: int, image_size: int | tupl
             other_shape = rng.choice([s for s in SHAPES if s != shape])
             other_colour = rng.choice([c for c in sorted(COLOURS) if c != colour])
             objects.append(SynthObject(other_shape, other_colour, box))
+    # A flat near-grey canvas (no pixel noise: tens of thousands of training images stay a few KB each as PNG).
     grey = rng.randint(200, 235)
-    canvas = Image.new("RGB", (width, height), (grey, grey, grey))
-    draw = ImageDraw.Draw(canvas)
+    image = Image.new("RGB", (width, height), tuple(grey + rng.randint(-6, 6) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
     for obj in objects:
         draw_object(draw, obj)
-    noise = np.random.default_rng(rng.getrandbits(64)).normal(0.0, 4.0, size=(height, width, 3))
-    image = Image.fromarray(np.clip(np.asarray(canvas, dtype=np.float32) + noise, 0, 255).round().astype(np.uint8))
     target = objects[0]
     if kind == "colour":
         question, answer = f"What colour is the {shape}?", colour

@@ -35,6 +35,7 @@ def materialize_synth(name: str, train_args) -> Path:
             train_args.synth_seed,
             task=BUILTIN_SETS[name],
             n_val=train_args.synth_val,
+            curriculum=train_args.synth_curriculum,
         )
 
 

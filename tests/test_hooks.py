@@ -88,6 +88,7 @@ OWN_FIELDS = {
         "synth_test",
         "synth_image_size",
         "synth_seed",
+        "synth_curriculum",
     },
     GlimpseGRPOConfig: {
         "mask_policy",
@@ -107,6 +108,7 @@ OWN_FIELDS = {
         "synth_test",
         "synth_image_size",
         "synth_seed",
+        "synth_curriculum",
     },
     VLMSFTConfig: {
         "max_answer_tokens",
@@ -123,6 +125,7 @@ OWN_FIELDS = {
         "synth_test",
         "synth_image_size",
         "synth_seed",
+        "synth_curriculum",
     },
 }
 
