@@ -43,6 +43,7 @@ GLIMPSE_POINTS = (0.5, 2.0, 4.0)
 """Other glimpse operating points, as multiples of the deployment keep ratio (calibrated on the validation split)."""
 SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
 NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
+QUICK_DATA = ["--synth_train", "64", "--synth_val", "32", "--synth_test", "32"]
 """Where each training-free method prunes in its own publication: before the LLM, or FastV after an early layer."""
 
 
@@ -74,7 +75,7 @@ def train(name: str, recipe: Path, work: Path, overrides: list[str], quick: bool
         return {"seconds": None, **json.loads(results.read_text())}
     args = [sys.executable, "-m", "glimpserl.cli", "train", str(recipe), "--output_dir", str(out), *overrides]
     if quick:
-        args += ["--max_steps", "2", "--save_strategy", "no"]
+        args += ["--max_steps", "2", "--save_strategy", "no", *QUICK_DATA]
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(work / f"{name}.log", "w") as log:
@@ -97,6 +98,18 @@ def _settings(run: Path, split: str, rows: int | None, batch_size: int):
     from glimpserl.rl.eval_config import EvalSettings
 
     return EvalSettings(glimpse=str(run), pruners="glimpse", split=split, max_samples=rows, batch_size=batch_size)
+
+
+def _prior(run: Path, samples) -> float:
+    """Exact match of answering each test row with its question's most frequent training answer (no image)."""
+    from glimpserl.rl.data import DataConfig, load_vqa
+    from glimpserl.rl.eval_report import question_prior
+    from glimpserl.rl.run_card import read_run_card
+
+    train, _ = load_vqa(DataConfig(dataset=read_run_card(run)["data"]["dataset"], verify_images=False))
+    rows = [{"question": q, "answer": a} for q, a in zip(train["question"], train["answer"])]
+    held_out = [{"question": r["question"], "answer": r["answer"]} for r in samples]
+    return question_prior(rows, held_out)["exact_match"]
 
 
 class Evaluator:
@@ -150,6 +163,7 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     k = glimpse_module(model).config.layer
     deploy = runs["vip-box"]["calibration"]
     facts = {"layer": k, "deploy": deploy, "test_rows": len(evaluator.samples), "val_rows": len(val)}
+    facts["question_only_prior"] = _prior(box, evaluator.samples)
 
     evaluator.run(model, processor, Arm("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
     glimpse = evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune", "glimpse", str(k))

@@ -38,7 +38,11 @@ def markdown_table(report: dict) -> str:
             _cell(row["prefill_ratio"], "{:.3f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Unpruned exact match {unpruned['metric']:.3f}."]
+    lines += [
+        "",
+        f"Unpruned exact match {unpruned['metric']:.3f}; the question alone (the most frequent training answer to the "
+        f"same question, no image) scores {report['question_only_prior']:.3f}.",
+    ]
     return "\n".join(lines)
 
 

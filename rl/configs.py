@@ -141,7 +141,22 @@ class LoraArguments:
 
 
 @dataclass
-class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, SFTConfig):
+class RunDefaults:
+    """Upstream defaults that do not fit glimpserl's runs (CPU-safe; GPU recipes turn bf16 and checkpointing on), and
+    a CPU-only machine running multi-process (DeepSpeed on gloo) needs use_cpu to see the right world size."""
+
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes turn it on)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint (steps, epoch, no)."})
+
+    def __post_init__(self):
+        self.use_cpu = self.use_cpu or not _has_accelerator()
+        super().__post_init__()
+
+
+@dataclass
+class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, RunDefaults, SFTConfig):
     """Stage 1 (VIP distillation): TRL's SFTConfig plus the loss terms. Defaults follow the reference recipe
     (AdamW lr 1e-4, cosine, 10% warm-up, 1 epoch)."""
 
@@ -201,16 +216,9 @@ class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, SFTCo
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep answer/boxes columns: the collator and losses need them."}
     )
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes turn it on)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
-    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint (steps, epoch, no)."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
 
     def __post_init__(self):
-        # On a machine without an accelerator, multi-process (DeepSpeed on gloo) runs only see the right world size
-        # with use_cpu; a GPU machine is unaffected.
-        self.use_cpu = self.use_cpu or not _has_accelerator()
         super().__post_init__()
         for name in ("kl_weight", "sparsity_weight", "box_weight", "lm_weight"):
             if getattr(self, name) < 0:
@@ -226,7 +234,7 @@ class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, SFTCo
 
 
 @dataclass
-class GlimpseGRPOConfig(LoraArguments, HeldOutArguments, SynthArguments, GRPOConfig):
+class GlimpseGRPOConfig(LoraArguments, HeldOutArguments, SynthArguments, RunDefaults, GRPOConfig):
     """Stage 2 (GlimpsePrune+): TRL's GRPOConfig plus the keep-mask policy and the rewards."""
 
     mask_policy: Literal["deterministic", "sample"] = field(
@@ -256,15 +264,10 @@ class GlimpseGRPOConfig(LoraArguments, HeldOutArguments, SynthArguments, GRPOCon
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts."})
     max_completion_length: int | None = field(default=128, metadata={"help": "New tokens per completion."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep answer columns for the rewards."})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes turn it on)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
-    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint (steps, epoch, no)."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
 
     def __post_init__(self):
-        self.use_cpu = self.use_cpu or not _has_accelerator()
         if self.use_vllm:
             raise ValueError("use_vllm is not supported: rollouts must run glimpserl's pruned forward (HF generate).")
         if self.vip_pg_weight < 0:
@@ -273,7 +276,7 @@ class GlimpseGRPOConfig(LoraArguments, HeldOutArguments, SynthArguments, GRPOCon
 
 
 @dataclass
-class VLMSFTConfig(AnswerArguments, LoraArguments, HeldOutArguments, SynthArguments, SFTConfig):
+class VLMSFTConfig(AnswerArguments, LoraArguments, HeldOutArguments, SynthArguments, RunDefaults, SFTConfig):
     """Stage sft: supervised fine-tuning of the VLM itself on the same VQA rows (loss on the answer tokens only),
     LoRA or full. Adapts a base model to a domain before its glimpse is trained; no glimpse is attached."""
 
@@ -287,12 +290,4 @@ class VLMSFTConfig(AnswerArguments, LoraArguments, HeldOutArguments, SynthArgume
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the answer column: the collator builds the labels from it."}
     )
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes turn it on)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
-    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint (steps, epoch, no)."})
     save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps."})
-
-    def __post_init__(self):
-        self.use_cpu = self.use_cpu or not _has_accelerator()
-        super().__post_init__()

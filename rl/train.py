@@ -100,11 +100,15 @@ def run_sft(model_args, data_args, train_args) -> dict:
         model_args.model_name_or_path, model_args.dtype, model_args.attn_implementation, model_args.seed_model
     )
     trainer = VLMSFTTrainer(model, train_args, conversation_dataset(dataset, data_args), processor)
-    trainer.train(resume_from_checkpoint=resume_point(train_args))
+    trained = trainer.train(resume_from_checkpoint=resume_point(train_args))
     trainer.save_model(train_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(train_args.output_dir)
-    results: dict = {"train_rows": report.rows_kept, "global_step": trainer.state.global_step}
+    results: dict = {
+        "train_rows": report.rows_kept,
+        "global_step": trainer.state.global_step,
+        "train_seconds": trained.metrics.get("train_runtime"),
+    }
     if eval_args is not None:
         results["eval"] = evaluate_answers(
             trainer.model, processor, eval_args, train_rows=dataset, batch_size=train_args.per_device_eval_batch_size

@@ -63,6 +63,9 @@ def test_transformers_internals_we_use():
     assert hasattr(DynamicLayer, "crop") and "keys" in inspect.getsource(DynamicLayer.update)
 
 
+SYNTH = {"synth_train", "synth_val", "synth_test", "synth_image_size", "synth_seed", "synth_curriculum"}
+HELD_OUT = {"eval_dataset", "eval_split", "eval_max_samples"}
+LORA = {"use_lora", "lora_r", "lora_alpha", "lora_dropout", "freeze_vision"}
 OWN_FIELDS = {
     VIPTrainingConfig: {
         "kl_weight",
@@ -80,53 +83,11 @@ OWN_FIELDS = {
         "deploy_threshold",
         "deploy_keep_ratio",
         "calibration_dataset",
-        "eval_dataset",
-        "eval_split",
-        "eval_max_samples",
-        "synth_train",
-        "synth_val",
-        "synth_test",
-        "synth_image_size",
-        "synth_seed",
-        "synth_curriculum",
-    },
-    GlimpseGRPOConfig: {
-        "mask_policy",
-        "vip_pg_weight",
-        "rewards",
-        "use_lora",
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "freeze_vision",
-        "mask_seed",
-        "eval_dataset",
-        "eval_split",
-        "eval_max_samples",
-        "synth_train",
-        "synth_val",
-        "synth_test",
-        "synth_image_size",
-        "synth_seed",
-        "synth_curriculum",
-    },
-    VLMSFTConfig: {
-        "max_answer_tokens",
-        "use_lora",
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "freeze_vision",
-        "eval_dataset",
-        "eval_split",
-        "eval_max_samples",
-        "synth_train",
-        "synth_val",
-        "synth_test",
-        "synth_image_size",
-        "synth_seed",
-        "synth_curriculum",
-    },
+    }
+    | SYNTH
+    | HELD_OUT,
+    GlimpseGRPOConfig: {"mask_policy", "vip_pg_weight", "rewards", "mask_seed"} | LORA | SYNTH | HELD_OUT,
+    VLMSFTConfig: {"max_answer_tokens"} | LORA | SYNTH | HELD_OUT,
 }
 
 
