@@ -33,24 +33,22 @@ class GlimpseCollator:
         images = [image for example in examples for image in example["images"]]
         batch = self.processor(text=prompts, images=images, return_tensors="pt", padding=True, padding_side="left")
         answers = [_first_answer(example) + _end_of_turn(tokenizer) for example in examples]
-        answer = tokenizer(
-            answers,
-            add_special_tokens=False,
-            padding=True,
-            padding_side="right",
-            truncation=True,
-            max_length=self.max_answer_tokens,
-            return_tensors="pt",
-        )
+        # Cut the answers here, not with the tokenizer's truncation: a fast tokenizer keeps truncation settings in
+        # its backend after a call, and a processor saved later would then cut every prompt to the answer length.
+        ids = [row[: self.max_answer_tokens] for row in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+        width = max(len(row) for row in ids)
+        pad = tokenizer.pad_token_id
+        answer_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], dtype=torch.long)
+        answer_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=torch.long)
         prompt_length = batch["input_ids"].shape[1]
-        labels = answer["input_ids"].masked_fill(answer["attention_mask"] == 0, -100)
+        labels = answer_ids.masked_fill(answer_mask == 0, -100)
         out = dict(batch)
-        out["input_ids"] = torch.cat([batch["input_ids"], answer["input_ids"]], dim=1)
-        out["attention_mask"] = torch.cat([batch["attention_mask"], answer["attention_mask"]], dim=1)
+        out["input_ids"] = torch.cat([batch["input_ids"], answer_ids], dim=1)
+        out["attention_mask"] = torch.cat([batch["attention_mask"].to(answer_mask.dtype), answer_mask], dim=1)
         out["labels"] = torch.cat([torch.full_like(batch["input_ids"], -100), labels], dim=1)
         if "mm_token_type_ids" in batch:
             out["mm_token_type_ids"] = torch.cat(
-                [batch["mm_token_type_ids"], torch.zeros_like(answer["input_ids"])], dim=1
+                [batch["mm_token_type_ids"], torch.zeros_like(answer_ids)], dim=1
             )
         out["prompt_length"] = prompt_length
         out["image_sizes"] = [[image.size for image in example["images"]] for example in examples]

@@ -46,6 +46,7 @@ def ship(run_dir: str | Path, name: str, recipe: str, assets: Path = ASSETS) -> 
     staging.mkdir(parents=True)
     for file in FILES:
         shutil.copy2(run / file, staging / file)
+    _without_call_state(staging / "tokenizer.json")
     summary = {
         "name": f"builtin:{name}",
         "recipe": recipe,
@@ -69,6 +70,14 @@ def ship(run_dir: str | Path, name: str, recipe: str, assets: Path = ASSETS) -> 
         shutil.rmtree(out)
     staging.rename(out)
     return out
+
+
+def _without_call_state(path: Path) -> None:
+    """Drop the truncation / padding a fast tokenizer keeps from its last call: a shipped processor must not cut or
+    pad prompts by what some earlier call asked for."""
+    tokenizer = json.loads(path.read_text())
+    tokenizer["truncation"] = tokenizer["padding"] = None
+    path.write_text(json.dumps(tokenizer, ensure_ascii=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,3 +123,21 @@ def test_sft_recipe_end_to_end_writes_model_card_and_answer_report(tmp_path, mon
     assert card["stage"] == "sft" and card["data"]["question_template"] == "{question}"
     reloaded = load_model(str(out))
     assert type(reloaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
+
+
+def test_collating_answers_leaves_the_saved_processor_untouched(shapes_dir, tmp_path):
+    """Answers are cut to max_answer_tokens by hand: a tokenizer call with truncation would leave its max_length in
+    the fast tokenizer's backend, and every processor saved afterwards (checkpoints, runs) would cut prompts there."""
+    from PIL import Image
+
+    from glimpserl.rl.collate import GlimpseCollator
+
+    trainer = _trainer(shapes_dir, tmp_path / "collate")
+    processor = trainer.processing_class
+    batch = GlimpseCollator(processor, max_answer_tokens=1)([trainer.train_dataset[i] for i in range(2)])
+    assert int((batch["labels"] != -100).sum(1).max()) == 1
+    processor.save_pretrained(tmp_path / "saved")
+    reloaded = load_processor(str(tmp_path / "saved"))
+    text = reloaded.apply_chat_template(trainer.train_dataset[0]["prompt"], add_generation_prompt=True)
+    encoded = reloaded(text=[text], images=[Image.new("RGB", (112, 112))], return_tensors="pt")
+    assert int((encoded["input_ids"] == reloaded.image_token_id).sum()) == 16
