@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-BENCH_PRUNERS = ("glimpse", "divprune", "fastv", "gprune", "random")
+BENCH_PRUNERS = ("glimpse", "cdpruner", "divprune", "fastv", "gprune", "random")
 """What `glimpserl bench --pruners` accepts: the glimpse and the training-free selectors the Qwen path can feed
 (benchmarks.scaling.valid_pruners derives the same list from the selector registry; a test keeps them equal)."""
 

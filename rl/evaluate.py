@@ -56,6 +56,7 @@ def _synth_defaults(task: str) -> dict:
 BUILTIN_DATA = {"builtin:synth": _synth_defaults("glimpse"), "builtin:shapes": _synth_defaults("shapes")}
 NOT_COLUMNS = ("images", "prompt")
 GROUP_COLUMN = "kind"
+MIN_SHRUNK_PIXELS = 4 * 28 * 28  # downsampling keeps at least 4 visual tokens per image
 """Rows that carry this column (the built-in sets' question kind) also get the metric per value."""
 
 
@@ -208,7 +209,10 @@ def encode(processor, rows: list[dict], shrink: float | None = None) -> dict:
         size = getattr(processor.image_processor, "size", None)
         longest, shortest = getattr(size, "longest_edge", None), getattr(size, "shortest_edge", None)
         if longest:
-            kwargs["size"] = {"shortest_edge": shortest, "longest_edge": max(int(longest * shrink), shortest or 1)}
+            # Both pixel bounds shrink: a processor pinned to one size (min_pixels == max_pixels) would otherwise
+            # scale every image back up to it.
+            bound = max(int(longest * shrink), MIN_SHRUNK_PIXELS)
+            kwargs["size"] = {"shortest_edge": min(shortest or bound, bound), "longest_edge": bound}
     return dict(processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left", **kwargs))
 
 

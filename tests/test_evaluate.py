@@ -94,6 +94,26 @@ def test_downsample_and_fixed_keep_ratio(synth, capsys):
     assert rows["divprune"]["keep_ratio"] == 0.25 and rows["divprune"]["kv_length"] == rows["downsample"]["kv_length"]
 
 
+def test_downsample_shrinks_a_processor_pinned_to_one_size(synth):
+    """min_pixels == max_pixels (every image exactly one size, as the mini recipes set it) must not scale the
+    shrunk image back up: both bounds move with the keep ratio."""
+    from glimpserl.rl.eval_config import EvalSettings
+    from glimpserl.rl.evaluate import run_eval
+
+    pinned = 112 * 112
+    settings = EvalSettings(
+        dataset=str(synth),
+        pruners="downsample,none",
+        keep_ratio=0.25,
+        max_samples=2,
+        max_new_tokens=1,
+        min_pixels=pinned,
+        max_pixels=pinned,
+    )
+    rows = {r["pruner"]: r for r in run_eval(settings)["results"]}
+    assert rows["none"]["kept_tokens"] == TOKENS and rows["downsample"]["kept_tokens"] == 4
+
+
 def test_lora_run_folder_with_max_pixels(synth, tmp_path, tiny_processor, capsys):
     """--run loads a stage-2 LoRA run (adapter + glimpse + processor); --max-pixels reaches its processor."""
     from peft import LoraConfig, get_peft_model
