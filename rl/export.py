@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ PROCESSOR_FILES = (
     "chat_template.json",
 )
 PROCESSOR_MARKERS = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-[0-9a-f]{8}$")
+"""Hidden folders beside an export while it is written (`partial`) or replaced (`old`)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,12 @@ def inspect_run(path: str | os.PathLike, base: str | None = None) -> RunFolder:
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"Run folder {folder} does not exist (or is not a folder).")
+    staging = STAGING.match(folder.name)
+    if staging:
+        raise ValueError(
+            f"{folder} is an unfinished export (a staging folder that an interrupted `glimpserl export` left "
+            f"behind), not a run. Export again to {folder.parent / staging['name']}; that also removes it."
+        )
     missing = [name for name in (GLIMPSE_WEIGHTS, GLIMPSE_CONFIG) if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -123,6 +132,7 @@ def export_run(
     """
     run = inspect_run(run_dir, base)
     out = Path(out_dir)
+    _clear_leftovers(out)
     _check_out_dir(out, run.path, overwrite)
     if dtype is not None and run.kind == "adapter" and not merge:
         raise ValueError("--dtype applies to merged and full-weight exports; an adapter export copies the adapter.")
@@ -191,6 +201,19 @@ def _check_out_dir(out: Path, run: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} exists and is not a folder.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it.")
+
+
+def _clear_leftovers(out: Path) -> None:
+    """Remove what an export to `out` killed midway left: its staging folder, and the previous export it was
+    replacing (put back in place when the kill came between the two renames)."""
+    for leftover in sorted(out.parent.glob(f".{out.name}.*-*")):
+        match = STAGING.match(leftover.name)
+        if not match or match["name"] != out.name:
+            continue
+        if match["kind"] == "old" and not out.exists():
+            leftover.rename(out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager
