@@ -16,6 +16,7 @@ Every rollout and every log-prob pass runs the pruned model with ONE keep mask p
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,20 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
                 add_fused_lm_head(
                     ref, temperature=self.temperature, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32
                 )
+
+    # ---- the rollout-mask noise resumes with the run --------------------------------------------------------------
+
+    def _noise_file(self, folder) -> Path:
+        return Path(folder) / f"glimpse_mask_noise_{self.args.process_index}.pt"
+
+    def _save_rng_state(self, output_dir) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save(self._noise.get_state(), self._noise_file(output_dir))
+
+    def _load_rng_state(self, checkpoint) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is not None and self._noise_file(checkpoint).is_file():
+            self._noise.set_state(torch.load(self._noise_file(checkpoint), weights_only=True))
 
     # ---- rollouts ---------------------------------------------------------------------------------------------
 
