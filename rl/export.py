@@ -185,7 +185,7 @@ def _load_weights(run: RunFolder, dtype: str, merge: bool):
     # The glimpse goes on before the adapter so that the adapter wraps the same module tree it was trained on.
     try:
         base = load_model(run.base, dtype=dtype)
-    except OSError as err:  # a training machine's path or an unreachable hub id
+    except (OSError, ValueError) as err:  # a training machine's path or an unreachable hub id
         raise FileNotFoundError(
             f"Cannot load the base model {run.base!r} of {run.path} ({err}); pass --base."
         ) from err
