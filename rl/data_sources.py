@@ -39,18 +39,36 @@ class RawTable:
 
 def read_table(dataset: str, split: str) -> RawTable:
     """Dispatch on what `dataset` names: a data file, a `save_to_disk` folder, or a hub id."""
+    check_source(dataset)
     path = Path(dataset).expanduser()
     if path.is_file():
-        suffix = path.suffix.lower()
         readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
-        if suffix not in readers:
-            raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
-        return readers[suffix](path)
+        return readers[path.suffix.lower()](path)
     if path.is_dir():
         return _read_saved(path, split)
+    return _read_hub(dataset, split)
+
+
+def check_source(dataset: str) -> None:
+    """Fail in a second when `dataset` names nothing `read_table` can read: a missing file, an unsupported file
+    type, or a hub id while the hub is offline. Reads no row."""
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in FILE_SUFFIXES:
+            raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
+        return
+    if path.is_dir():
+        return
     if path.suffix.lower() in FILE_SUFFIXES or dataset.startswith((".", "/", "~")):
         raise FileNotFoundError(f"dataset {dataset!r} does not exist; check the path (relative to {Path.cwd()}).")
-    return _read_hub(dataset, split)
+    import datasets
+
+    if datasets.config.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
+        raise ValueError(
+            f"dataset {dataset!r} is neither a local file nor a folder, and the hub is offline (HF_HUB_OFFLINE or "
+            f"HF_DATASETS_OFFLINE is set). Give a path to a {'/'.join(FILE_SUFFIXES)} file or a save_to_disk "
+            f"folder, or unset the offline flag to download it."
+        )
 
 
 def _read_jsonl(path: Path) -> RawTable:
@@ -193,12 +211,6 @@ def _read_saved(path: Path, split: str) -> RawTable:
 def _read_hub(name: str, split: str) -> RawTable:
     import datasets
 
-    if datasets.config.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
-        raise ValueError(
-            f"dataset {name!r} is neither a local file nor a folder, and the hub is offline (HF_HUB_OFFLINE or "
-            f"HF_DATASETS_OFFLINE is set). Give a path to a {'/'.join(FILE_SUFFIXES)} file or a save_to_disk "
-            f"folder, or unset the offline flag to download it."
-        )
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as err:  # the hub raises many types; all mean "could not get it"

@@ -28,7 +28,7 @@ from typing import Literal
 
 from safetensors import SafetensorError, safe_open
 
-from ..models import load_glimpse, read_glimpse_config, save_glimpse
+from ..models import check_glimpse_checkpoint, load_glimpse, read_glimpse_config, save_glimpse
 from ..models.glimpse import CONFIG_NAME as GLIMPSE_CONFIG
 from ..models.glimpse import WEIGHTS_NAME as GLIMPSE_WEIGHTS
 from ..models.loading import load_model, load_processor
@@ -88,6 +88,7 @@ def inspect_run(path: str | os.PathLike, base: str | None = None) -> RunFolder:
             f"{folder} has no glimpse weights ({' and '.join(missing)} missing; save_glimpse writes both). Point at "
             "a stage-2 run folder or one of its checkpoint-N folders."
         )
+    check_glimpse_checkpoint(folder)  # a damaged glimpse fails here, before any model loads
     has_adapter = (folder / ADAPTER_CONFIG).is_file()
     has_full = (folder / MODEL_CONFIG).is_file() and any((folder / name).is_file() for name in FULL_WEIGHTS)
     if has_adapter and has_full:
