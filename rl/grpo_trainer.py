@@ -180,7 +180,16 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
             if len(facts["prune_ratio"]) != len(inputs):
                 raise RuntimeError(f"Captured {len(facts['prune_ratio'])} rollout masks for {len(inputs)} rollouts.")
             inputs = [{**x, **{k: v[i] for k, v in facts.items()}} for i, x in enumerate(inputs)]
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if torch.isnan(rewards).all():  # gathered: every rank sees the same batch and stops alike
+            raise ValueError(
+                f"Every reward ({', '.join(self.reward_func_names)}) returned None for all {rewards.shape[0]} "
+                "completions of this batch, so training would learn nothing from it. A reward returns None for a row "
+                "it does not apply to (no reference in its answer column) or cannot score (an llm_judge reply "
+                "without a score; see rewards/<name>/unparsed): fix the data columns or the reward parameters, or "
+                "add a reward that scores every row."
+            )
+        return rewards
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
