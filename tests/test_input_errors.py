@@ -26,12 +26,12 @@ def synth_dir(tmp_path_factory):
 @pytest.fixture
 def no_model(monkeypatch):
     """Any model load fails the test: every error here must come before one."""
-    import glimpserl.models.loading
+    import transformers
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the error")
 
-    monkeypatch.setattr(glimpserl.models.loading, "load_model", refuse)
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", refuse)
 
 
 def fails_fast(capsys, argv: list[str], *fragments: str) -> str:
@@ -225,3 +225,9 @@ def test_eval_extreme_aspect_ratio_is_named_before_the_model_loads(tmp_path, no_
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     argv = ["eval", "--dataset", str(tmp_path / "d.jsonl"), "--pruners", "none"]
     fails_fast(capsys, argv, "d.jsonl: row 0, line 1", "tall.png is 5x2000", "max_aspect_ratio=200")
+
+
+def test_eval_weights_and_model_are_checked_before_the_model_loads(tmp_path, no_model, capsys):
+    fails_fast(capsys, ["eval", "--glimpse", str(tmp_path / "nope")], f"No glimpse checkpoint in {tmp_path / 'nope'}")
+    fails_fast(capsys, ["eval", "--model", "/models/missing-vlm"], "Model path '/models/missing-vlm' does not exist")
+    fails_fast(capsys, ["eval", "--run", str(tmp_path)], f"{tmp_path} has no glimpse weights")
