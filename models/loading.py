@@ -68,13 +68,12 @@ def is_builtin(name: str) -> bool:
 
 
 def check_model_name(name: str, files: tuple[str, ...] = ("config.json",)) -> None:
-    """Fail in a second, before anything loads, when `name` cannot name a model: an unknown built-in, a path that
-    does not exist or is a folder without any of `files`, or a hub id while the hub is offline and not cached."""
+    """Fail in a second, before anything loads, when `name` cannot name a model: a path that does not exist or is
+    a folder without any of `files`, or a hub id while the hub is offline and not cached."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"The model name is empty ({name!r}): give a model folder, a hub id or a builtin: name.")
     if is_builtin(name):
-        _builtin_family(name)
-        return
+        return  # the loaders know the built-in names and refuse an unknown one before building anything
     path = Path(name).expanduser()
     if path.exists():
         if not any((path / file).is_file() for file in files):

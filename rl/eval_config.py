@@ -150,7 +150,7 @@ class EvalSettings:
             check_glimpse_checkpoint(self.glimpse)
         if self.run_dir:
             inspect_run(self.run_dir)
-        if self.dataset != BUILTIN_SYNTH:
+        if not self.dataset.startswith("builtin:"):
             check_source(self.dataset)
 
     @property

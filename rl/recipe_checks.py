@@ -41,7 +41,8 @@ POSITIVE = ("learning_rate", "temperature", "num_train_epochs", "logging_steps",
 NON_NEGATIVE = ("weight_decay", "beta", "warmup_steps", "max_grad_norm", "lora_dropout", "dataloader_num_workers")
 RICH_KEYS = ("rewards",)
 """Typed for the command line (list[str]); a recipe may give richer values, checked by their own builder."""
-BUILTIN_DATA = "builtin:synth"
+BUILTIN = "builtin:"
+"""Built-in models and data sets are known to their loaders, which refuse an unknown name before any work."""
 
 
 def load_yaml(path: Path) -> object:
@@ -225,7 +226,7 @@ def check_inputs(parsed: tuple, parser: RecipeParser, check_files: bool = True) 
         checks.append(("rewards", _build_rewards))
     for key, check in checks:
         value = values.get(key)
-        if value is None or value == BUILTIN_DATA:
+        if value is None or (isinstance(value, str) and value.startswith(BUILTIN)):
             continue
         try:
             check(value)
