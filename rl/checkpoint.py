@@ -138,8 +138,9 @@ class GlimpseCheckpointMixin:
         return contextlib.nullcontext()
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        if resume_from_checkpoint is True:  # transformers' own "last" ignores completion markers
-            resume_from_checkpoint = resume_checkpoint(self.args.output_dir, "last")
+        # `True` / "last": the newest COMPLETE checkpoint (transformers' own choice ignores the markers); a folder
+        # must be complete.
+        resume_from_checkpoint = resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
         if self.args.should_save:
             start = checkpoint_step(resume_from_checkpoint) if resume_from_checkpoint else 0
             retire_later_checkpoints(self.args.output_dir, start or 0)
