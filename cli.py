@@ -138,20 +138,18 @@ def _add_data(subparsers) -> None:
     synth = data_sub.add_parser(
         "synth",
         help="Write the synthetic glimpse VQA dataset (images + train/test JSONL with answers and boxes).",
-        description="High-resolution images whose answer lives in a small region (a coloured shape, a digit or a "
-        "word among distractors), with the question, the exact answer and the region's box. Deterministic by seed.",
+        description="Images whose answer lives in a small region, with the question, the exact answer and the "
+        "region's box. Task glimpse: a coloured shape, a digit or a word among distractors; task shapes: one object "
+        "among several equally salient ones, named by its shape or colour. Deterministic by seed.",
     )
     add_synth_arguments(synth)
     synth.set_defaults(run=_run_synth)
 
 
 def _run_synth(args) -> int:
-    from .rl.synth import parse_image_size, write_synth
+    from .rl.synth import run_synth
 
-    size = parse_image_size(args.image_size)
-    out = write_synth(args.out, args.n_train, args.n_test, size, args.seed, overwrite=args.overwrite)
-    print(f"wrote {args.n_train} train + {args.n_test} test samples ({size[0]}x{size[1]}) to {out}")
-    return 0
+    return run_synth(args)
 
 
 def _add_train(subparsers) -> None:

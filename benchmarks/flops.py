@@ -252,6 +252,6 @@ def prefill_flops(
 
 
 def simple_bound(layer: int, layers: int, kept_plus_text: int, all_tokens: int) -> float:
-    """method.md's bound: (K+1)/L + (1 - (K+1)/L) * (kept + text) / all (decoder only, no overheads)."""
+    """docs/method.md section 1's bound: (K+1)/L + (1 - (K+1)/L) * (kept + text) / all (decoder only, no overheads)."""
     before = (layer + 1) / layers
     return before + (1 - before) * kept_plus_text / all_tokens

@@ -13,7 +13,7 @@ visual tokens) and "unpruned" (the stock transformers model).
 - KV length after prefill (pruned must be text + kept visual tokens: checked);
 - peak tensor memory of one generate (prefill + decode) above what was resident before it: CUDA
   max_memory_allocated, or on CPU the torch profiler's allocation events in a fresh subprocess per arm;
-- the analytic prefill bound FLOPs(pruned) / FLOPs(unpruned) (see benchmarks/flops.py) and method.md's simple one.
+- the analytic prefill bound FLOPs(pruned) / FLOPs(unpruned) (see benchmarks/flops.py) and docs/method.md's simple one.
 
     python -m glimpserl.benchmarks.prefill_decode --json prefill_decode.json
     python -m glimpserl.benchmarks.prefill_decode --hidden 64 --layers 4 --visual-tokens 64 --repeats 1  # smoke

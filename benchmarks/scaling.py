@@ -111,7 +111,7 @@ def token_counts(models: dict, inputs: dict, kwargs: dict, kept: int) -> dict:
 
 
 def analytic_flops(pruned_model, inputs: dict, counts: dict, layer: int, pruners: list[str]) -> dict:
-    """Per arm the analytic prefill FLOPs breakdown; method.md's decoder-only bound under "simple_bound"."""
+    """Per arm the analytic prefill FLOPs breakdown; docs/method.md's decoder-only bound under "simple_bound"."""
     text, vision, vip = flops.shapes_from_model(pruned_model)
     grid = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
     per_arm = {REFERENCE: flops.prefill_flops(text, vision, vip, grid, counts["text"]).to_dict()}
@@ -258,7 +258,7 @@ def markdown_table(results: dict) -> str:
         "LM head; glimpse: + glimpse token + VIP; gprune/divprune: + feature similarities (and propagation); fastv: "
         "+ last-token query at K; random: nothing extra). Peak MB: tensor memory of one generate above weights + "
         "inputs.",
-        f"method.md's decoder-only bound (K+1)/L + (1-(K+1)/L)(kept+text)/all per size: {simple}.",
+        f"docs/method.md's decoder-only bound (K+1)/L + (1-(K+1)/L)(kept+text)/all per size: {simple}.",
         f"Prefill ratio / FLOPs bound per arm and size (1.0: the time saved follows the FLOPs saved): {over}.",
     ]
     return "\n".join(lines)

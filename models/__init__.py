@@ -1,6 +1,6 @@
 """Glimpse token, VIP and the pruned forward pass for Hugging Face VLMs."""
 
-from .adapter import get_adapter, supported_model_types
+from .adapter import freeze_vision, get_adapter, supported_model_types
 from .config import GlimpseConfig
 from .forward import GlimpseCacheState
 from .glimpse import (
@@ -19,6 +19,7 @@ __all__ = [
     "GlimpseResult",
     "add_glimpse",
     "check_glimpse_checkpoint",
+    "freeze_vision",
     "get_adapter",
     "glimpse_module",
     "load_glimpse",

@@ -31,6 +31,10 @@ class VLMAdapter:
     def vision_size(self, inner: nn.Module) -> int:
         raise NotImplementedError
 
+    def vision_encoder(self, inner: nn.Module) -> nn.Module:
+        """The vision tower (with its projector/merger): what `freeze_vision` freezes."""
+        raise NotImplementedError
+
     def rotary(self) -> Callable:
         """The family's own (q, k, cos, sin) -> (q, k) rotary function, so the glimpse rotates exactly like the model."""
         raise NotImplementedError
@@ -74,6 +78,13 @@ def register_adapter(adapter: VLMAdapter) -> VLMAdapter:
 
 def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
+
+
+def freeze_vision(model: nn.Module) -> None:
+    """requires_grad off on the vision encoder and its projector (tune the language model only)."""
+    adapter = get_adapter(model)
+    for p in adapter.vision_encoder(adapter.inner_model(model)).parameters():
+        p.requires_grad_(False)
 
 
 def get_adapter(model: nn.Module) -> VLMAdapter:

@@ -17,6 +17,10 @@ BUILTIN_MODELS = {
     "builtin:tiny-qwen2_5_vl": "qwen2_5_vl",
     "builtin:tiny-qwen2_vl": "qwen2_vl",
 }
+"""Random tiny models, built in-process on first use (weights from a seed)."""
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_MODELS = {"builtin:mini-qwen2_5_vl": ASSETS / "mini-qwen2_5_vl"}
+"""Trained checkpoints that ship with the package (see each folder's card.json: recipe, seed, held-out accuracy)."""
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -101,11 +105,11 @@ def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | N
     from transformers import AutoProcessor
 
     check_model_name(name, PROCESSOR_FILES)
-    if is_builtin(name):
+    if is_builtin(name) and name not in SHIPPED_MODELS:
         family = _builtin_family(name)
         kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         return tiny.build_tiny_processor(family, **kwargs)
-    processor = AutoProcessor.from_pretrained(name)
+    processor = AutoProcessor.from_pretrained(shipped_path(name) if name in SHIPPED_MODELS else name)
     image_processor = processor.image_processor
     if min_pixels is not None:
         image_processor.min_pixels = min_pixels
@@ -121,7 +125,10 @@ def load_model(name: str, dtype: str = "float32", attn_implementation: str | Non
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
     check_model_name(name)
-    if is_builtin(name):
+    if name in SHIPPED_MODELS:
+        name = str(shipped_path(name))
+        attn_implementation = attn_implementation or "sdpa"
+    elif is_builtin(name):
         # Through from_pretrained like any checkpoint, so ZeRO-3 partitioning and dtype handling are the real ones.
         name = str(builtin_model_path(name, seed))
         attn_implementation = attn_implementation or "sdpa"
@@ -133,10 +140,27 @@ def load_model(name: str, dtype: str = "float32", attn_implementation: str | Non
     return AutoModelForImageTextToText.from_pretrained(name, **kwargs).eval()
 
 
-__all__ = ["builtin_model_path", "cache_dir", "check_model_name", "is_builtin", "load_model", "load_processor"]
+__all__ = [
+    "builtin_model_path",
+    "cache_dir",
+    "check_model_name",
+    "is_builtin",
+    "load_model",
+    "load_processor",
+    "shipped_path",
+]
+
+
+def shipped_path(name: str) -> Path:
+    """Folder of a trained checkpoint that ships with the package."""
+    folder = SHIPPED_MODELS[name]
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"The package's copy of {name} is missing ({folder}); reinstall glimpserl.")
+    return folder
 
 
 def _builtin_family(name: str) -> str:
     if name not in BUILTIN_MODELS:
-        raise ValueError(f"Unknown built-in model {name!r}; built-in models: {sorted(BUILTIN_MODELS)}.")
+        valid = sorted([*BUILTIN_MODELS, *SHIPPED_MODELS])
+        raise ValueError(f"Unknown built-in model {name!r}; built-in models: {valid}.")
     return BUILTIN_MODELS[name]

@@ -2,7 +2,7 @@
 
 They read the pruning facts glimpserl's trainer passes with every completion (`prune_ratio` = pruned / visual
 tokens, `kept_tokens`, `visual_tokens`). Within a GRPO group these only teach something if the keep masks differ
-between the group's rollouts (sampled masks); see method.md section 3.
+between the group's rollouts (sampled masks); see docs/method.md section 3.
 
 Paying for pruning alone invites pruning everything; `gated_prune_ratio` pays only for correct answers.
 """

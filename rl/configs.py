@@ -22,7 +22,11 @@ class ModelArguments(GlimpseArguments):
 
     model_name_or_path: str = field(
         default="builtin:tiny-qwen2_5_vl",
-        metadata={"help": "Base VLM: a local folder, a hub id, or builtin:tiny-qwen2_5_vl / builtin:tiny-qwen2_vl."},
+        metadata={
+            "help": "Base VLM: a local folder, a hub id, builtin:mini-qwen2_5_vl (a small Qwen2.5-VL trained on the "
+            "built-in shapes task, shipped with the package) or builtin:tiny-qwen2_5_vl / builtin:tiny-qwen2_vl "
+            "(random weights)."
+        },
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="float32", metadata={"help": "Dtype the base model is loaded in (bfloat16 on GPUs)."}
@@ -41,7 +45,79 @@ class ModelArguments(GlimpseArguments):
 
 
 @dataclass
-class VIPTrainingConfig(SFTConfig):
+class SynthArguments:
+    """The built-in synthetic sets (`dataset: builtin:synth` or `builtin:shapes`): sizes and their own seed."""
+
+    synth_train: int = field(default=200, metadata={"help": "Rows of the built-in synthetic train split."})
+    synth_val: int = field(
+        default=64, metadata={"help": "Rows of the built-in synthetic validation split (thresholds are picked here)."}
+    )
+    synth_test: int = field(default=50, metadata={"help": "Rows of the built-in synthetic test split."})
+    synth_image_size: int = field(default=448, metadata={"help": "Side of the built-in synthetic images (px)."})
+    synth_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the built-in synthetic data, independent of the training seed (same data, new run)."
+        },
+    )
+    synth_curriculum: int = field(
+        default=0,
+        metadata={
+            "help": "builtin:shapes only: the first N train rows hold fewer objects, rising from one to the full "
+            "count (for training a model from scratch; read the rows in order with train_sampling_strategy: "
+            "sequential). 0 = off."
+        },
+    )
+
+
+@dataclass
+class HeldOutArguments:
+    """Held-out data evaluated after training."""
+
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out data evaluated after training (same formats as `dataset`; builtin:synth / "
+            "builtin:shapes = the built-in set's test split)."
+        },
+    )
+    eval_split: str = field(default="train", metadata={"help": "Split of eval_dataset to read."})
+    eval_max_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many rows."})
+
+
+@dataclass
+class AnswerArguments:
+    max_answer_tokens: int = field(default=32, metadata={"help": "Answers are truncated to this many tokens."})
+
+
+@dataclass
+class LoraArguments:
+    """LoRA on the language model's linears, or full tuning."""
+
+    use_lora: bool = field(default=True, metadata={"help": "LoRA on the language-model linears; else full tuning."})
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    freeze_vision: bool = field(default=True, metadata={"help": "Full tuning: keep the vision encoder frozen."})
+
+    def peft_config(self, model):
+        """The PEFT LoraConfig for `model`'s family (None under full tuning)."""
+        if not self.use_lora:
+            return None
+        from peft import LoraConfig
+
+        from ..models import get_adapter
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=get_adapter(model).lora_target_modules(),
+        )
+
+
+@dataclass
+class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, SFTConfig):
     """Stage 1 (VIP distillation): TRL's SFTConfig plus the loss terms. Defaults follow the reference recipe
     (AdamW lr 1e-4, cosine, 10% warm-up, 1 epoch)."""
 
@@ -61,29 +137,34 @@ class VIPTrainingConfig(SFTConfig):
         default=1.0, metadata={"help": "BCE weight of box cells vs other cells (> 1 favours recall)."}
     )
     lm_weight: float = field(default=0.0, metadata={"help": "Weight of the pruned student's answer cross-entropy."})
-    relaxation: Literal["straight_through", "gumbel", "sigmoid"] = field(
+    relaxation: Literal["straight_through", "straight_through_bias", "gumbel", "sigmoid"] = field(
         default="straight_through",
-        metadata={"help": "Differentiable keep mask: straight_through (hard forward), gumbel (soft) or sigmoid."},
+        metadata={
+            "help": "Differentiable keep mask. straight_through: hard sampled mask forward, gradient through the "
+            "multiplicative mask (dropped tokens learn too); straight_through_bias: the same forward, gradient through "
+            "the additive bias (dropped tokens get none); gumbel: soft sample; sigmoid: soft, no noise."
+        },
     )
     relaxation_temperature: float = field(default=1.0, metadata={"help": "Temperature of the relaxation."})
-    max_answer_tokens: int = field(default=32, metadata={"help": "Answers are truncated to this many tokens."})
     deploy_threshold: float | None = field(
         default=None,
         metadata={
             "help": "Keep threshold stored with the final glimpse weights and used by the held-out evaluation "
-            "(default: glimpse_threshold, the cut training used). Pick it from the operating points in "
-            "eval_results.json for a token budget."
+            "(default: glimpse_threshold, the cut training used). Or let deploy_keep_ratio pick it."
         },
     )
-    eval_dataset: str | None = field(
+    deploy_keep_ratio: float | None = field(
         default=None,
-        metadata={"help": "Held-out data for the final glimpse evaluation (same formats as `dataset`)."},
+        metadata={
+            "help": "Pick the deployment threshold on the validation split (calibration_dataset, or a built-in "
+            "set's val split): the threshold whose mean keep ratio there is closest to this value. Overrides "
+            "deploy_threshold."
+        },
     )
-    eval_split: str = field(default="train", metadata={"help": "Split of eval_dataset to read."})
-    eval_max_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many rows."})
-    synth_train: int = field(default=200, metadata={"help": "Rows of the built-in synthetic train split."})
-    synth_test: int = field(default=50, metadata={"help": "Rows of the built-in synthetic test split."})
-    synth_image_size: int = field(default=448, metadata={"help": "Side of the built-in synthetic images (px)."})
+    calibration_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Validation data for deploy_keep_ratio (same formats as `dataset`; never the test split)."},
+    )
 
     # TRL / transformers defaults that do not fit stage 1.
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (glimpse + VIP only)."})
@@ -114,12 +195,14 @@ class VIPTrainingConfig(SFTConfig):
             raise ValueError(f"target_keep_ratio must be in (0, 1], got {self.target_keep_ratio}.")
         if self.deploy_threshold is not None and not 0.0 <= self.deploy_threshold < 1.0:
             raise ValueError(f"deploy_threshold must be in [0, 1), got {self.deploy_threshold}.")
+        if self.deploy_keep_ratio is not None and not 0.0 < self.deploy_keep_ratio <= 1.0:
+            raise ValueError(f"deploy_keep_ratio must be in (0, 1], got {self.deploy_keep_ratio}.")
         if self.relaxation_temperature <= 0:
             raise ValueError(f"relaxation_temperature must be > 0, got {self.relaxation_temperature}.")
 
 
 @dataclass
-class GlimpseGRPOConfig(GRPOConfig):
+class GlimpseGRPOConfig(LoraArguments, HeldOutArguments, SynthArguments, GRPOConfig):
     """Stage 2 (GlimpsePrune+): TRL's GRPOConfig plus the keep-mask policy and the rewards."""
 
     mask_policy: Literal["deterministic", "sample"] = field(
@@ -140,19 +223,7 @@ class GlimpseGRPOConfig(GRPOConfig):
             "glimpserl.rewards.available_rewards(). Their weights become TRL's reward_weights."
         },
     )
-    use_lora: bool = field(default=True, metadata={"help": "LoRA on the language-model linears; else full tuning."})
-    lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    freeze_vision: bool = field(default=True, metadata={"help": "Full tuning: keep the vision encoder frozen."})
     mask_seed: int = field(default=0, metadata={"help": "Seed of the rollout masks' sampling noise (per rank)."})
-
-    eval_dataset: str | None = field(default=None, metadata={"help": "Held-out data (same formats as dataset)."})
-    eval_split: str = field(default="train", metadata={"help": "Split of eval_dataset to read."})
-    eval_max_samples: int | None = field(default=None, metadata={"help": "Use at most this many held-out rows."})
-    synth_train: int = field(default=200, metadata={"help": "Rows of the built-in synthetic train split."})
-    synth_test: int = field(default=50, metadata={"help": "Rows of the built-in synthetic test split."})
-    synth_image_size: int = field(default=448, metadata={"help": "Side of the built-in synthetic images (px)."})
 
     # Defaults of the reference GlimpsePrune+ recipe, and CPU-safe precision / memory settings.
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate."})
@@ -174,4 +245,30 @@ class GlimpseGRPOConfig(GRPOConfig):
             raise ValueError("use_vllm is not supported: rollouts must run glimpserl's pruned forward (HF generate).")
         if self.vip_pg_weight < 0:
             raise ValueError(f"vip_pg_weight must be >= 0, got {self.vip_pg_weight}.")
+        super().__post_init__()
+
+
+@dataclass
+class VLMSFTConfig(AnswerArguments, LoraArguments, HeldOutArguments, SynthArguments, SFTConfig):
+    """Stage sft: supervised fine-tuning of the VLM itself on the same VQA rows (loss on the answer tokens only),
+    LoRA or full. Adapts a base model to a domain before its glimpse is trained; no glimpse is attached."""
+
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Linear warm-up: a step count, or a fraction of all steps when < 1."}
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training data."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the answer column: the collator builds the labels from it."}
+    )
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU recipes turn it on)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint (steps, epoch, no)."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps."})
+
+    def __post_init__(self):
+        self.use_cpu = self.use_cpu or not _has_accelerator()
         super().__post_init__()

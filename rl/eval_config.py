@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 BUILTIN_MODEL = "builtin:tiny-qwen2_5_vl"
 BUILTIN_SYNTH = "builtin:synth"
+BUILTIN_SETS = ("builtin:synth", "builtin:shapes")
 GLIMPSE, UNPRUNED, DOWNSAMPLE = "glimpse", "none", "downsample"
 ARMS = (GLIMPSE, UNPRUNED, DOWNSAMPLE)
 """Pruners that are not training-free selectors: the VIP, the unpruned model, and the unpruned model on images
 shrunk to the keep ratio. Every other name is a selector of `glimpserl.models.baselines`."""
-DEFAULT_BASELINES = ("gprune", "fastv", "divprune", "random", DOWNSAMPLE, UNPRUNED)
+DEFAULT_BASELINES = ("gprune", "fastv", "divprune", "cdpruner", "random", DOWNSAMPLE, UNPRUNED)
 DEFAULT_KEEP_RATIO = 0.25
 """Keep ratio of the baselines when no glimpse runs and --keep-ratio is not given."""
 
@@ -47,10 +48,12 @@ class EvalSettings:
             "A stage-2 run folder, checkpoint or export (model + glimpse).", flag="--run", group="weights"
         ),
     )
-    dataset: str = field(
-        default=BUILTIN_SYNTH,
+    dataset: str | None = field(
+        default=None,
         metadata=_option(
-            "A .jsonl/.json/.csv/.parquet file, a save_to_disk folder, a hub id, or builtin:synth (default)."
+            "A .jsonl/.json/.csv/.parquet file, a save_to_disk folder, a hub id, or builtin:synth / builtin:shapes. "
+            "Default: the held-out data of the run given by --glimpse / --run (its glimpserl_run.json), else "
+            "builtin:synth."
         ),
     )
     split: str = field(
@@ -60,8 +63,10 @@ class EvalSettings:
         default=None,
         metadata=_option(
             "Comma-separated: glimpse (the trained VIP), none (unpruned), downsample (unpruned on images shrunk to "
-            "the keep ratio) and training-free selectors (gprune, fastv, divprune, random). Default: all of them, "
-            "glimpse only when --glimpse or --run is given."
+            "the keep ratio) and training-free selectors (gprune, fastv, divprune, cdpruner, random). A selector "
+            "prunes after the glimpse's layer K, or after its own layer with NAME@LAYER (NAME@input: before the "
+            "language model, e.g. gprune@input, fastv@0). Default: all of them at layer K, glimpse only when "
+            "--glimpse or --run is given."
         ),
     )
     keep_ratio: float | None = field(
@@ -76,6 +81,16 @@ class EvalSettings:
             group="ratio",
             action="store_true",
         ),
+    )
+    question_template: str | None = field(
+        default=None,
+        metadata=_option(
+            "User-turn text after the image(s), with {question}. Default: the template the run given by --glimpse / "
+            "--run trained with (its glimpserl_run.json), else the data loader's default."
+        ),
+    )
+    system_prompt: str | None = field(
+        default=None, metadata=_option("System message. Default: the run's (glimpserl_run.json), else none.")
     )
     metric: str = field(
         default="exact_match", metadata=_option("Reward used as the metric (glimpserl.rewards registry).")
@@ -109,6 +124,7 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         self.pruners = _parse_pruners(self.pruners, self.has_glimpse)
+        self._follow_run_card()
         if self.glimpse and self.run_dir:
             raise ValueError("give --glimpse (weights for --model) or --run (a run or export folder), not both.")
         if GLIMPSE in self.pruners and not self.has_glimpse:
@@ -129,8 +145,8 @@ class EvalSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-        if self.dataset == BUILTIN_SYNTH and self.split not in ("train", "test"):
-            raise ValueError(f"builtin:synth has the splits 'train' and 'test', not {self.split!r}.")
+        if self.dataset in BUILTIN_SETS and self.split not in ("train", "val", "test"):
+            raise ValueError(f"{self.dataset} has the splits 'train', 'val' and 'test', not {self.split!r}.")
         from ..rewards import available_rewards
 
         if self.metric not in available_rewards():
@@ -153,6 +169,21 @@ class EvalSettings:
         if not self.dataset.startswith("builtin:"):
             check_source(self.dataset)
 
+    def _follow_run_card(self) -> None:
+        """Fill what was not given from the run's glimpserl_run.json: the model, held-out data, prompt and pixels."""
+        from .run_card import read_run_card
+
+        folder = self.glimpse or self.run_dir
+        card = read_run_card(folder) if folder else None
+        if card is not None:
+            self.model = self.model or (card.get("model_name_or_path") if self.glimpse else None)
+            self.dataset = self.dataset or card.get("eval_dataset")
+            for key in ("question_template", "system_prompt", "min_pixels", "max_pixels"):
+                if getattr(self, key) is None:
+                    setattr(self, key, card["data"].get(key))
+        self.dataset = self.dataset or BUILTIN_SYNTH
+        self.run_card = card is not None
+
     @property
     def has_glimpse(self) -> bool:
         return bool(self.glimpse or self.run_dir)
@@ -160,6 +191,18 @@ class EvalSettings:
     @property
     def baselines(self) -> list[str]:
         return [name for name in self.pruners if name not in ARMS]
+
+
+def parse_pruner_spec(spec: str) -> tuple[str, int | None]:
+    """'gprune' -> ('gprune', None); 'fastv@0' -> ('fastv', 0); 'gprune@input' -> ('gprune', -1)."""
+    name, _, layer = spec.partition("@")
+    if not layer:
+        return name, None
+    if layer == "input":
+        return name, -1
+    if not layer.lstrip("-").isdigit() or int(layer) < -1:
+        raise ValueError(f"pruner {spec!r}: the part after @ must be a layer index >= 0 or 'input'.")
+    return name, int(layer)
 
 
 def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str]:
@@ -173,14 +216,19 @@ def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str
     valid = [*ARMS, *sorted(SELECTORS)]
     if not names:
         raise ValueError(f"--pruners is empty; valid pruners: {', '.join(valid)}.")
-    for name in names:
+    for spec in names:
+        name, layer = parse_pruner_spec(spec)
         if name not in valid:
             raise ValueError(f"unknown pruner {name!r} in --pruners; valid pruners: {', '.join(valid)}.")
-        if name not in ARMS and "vision_attn" in TrainingFreePruner.build(name, keep_ratio=1.0).selector.needs:
-            raise ValueError(
-                f"pruner {name!r} needs vision-encoder attention, which glimpserl's pruned forward does not provide; "
-                f"use one of {', '.join(n for n in valid if n != name)}."
-            )
+        if name in ARMS and layer is not None:
+            raise ValueError(f"pruner {spec!r}: only training-free selectors take @LAYER.")
+        if name not in ARMS:
+            pruner = TrainingFreePruner.build(name, keep_ratio=1.0, layer=layer)
+            if "vision_attn" in pruner.selector.needs:
+                raise ValueError(
+                    f"pruner {name!r} needs vision-encoder attention, which glimpserl's pruned forward does not "
+                    f"provide; use one of {', '.join(n for n in valid if n != name)}."
+                )
     names = list(dict.fromkeys(names))  # duplicates would only run twice
     return sorted(names, key=lambda n: n != GLIMPSE)
 

@@ -4,6 +4,7 @@ One result per pruner (the `results` list of the JSON report):
     pruner               str    glimpse | none | downsample | a selector name
     target_keep_ratio    float  the keep ratio the pruner was asked for (null: glimpse and none decide themselves)
     metric               float  mean metric over the rows the metric applies to (null if none)
+    metric_by_group      dict   the metric per value of the rows' group column (e.g. question kind); {} if none
     scored               int    rows the metric applies to (a reward's None = not applicable)
     keep_ratio           float  mean kept / visual tokens per row (downsample: its visual tokens / the original's)
     kept_tokens          float  mean kept visual tokens per row
@@ -16,7 +17,7 @@ One result per pruner (the `results` list of the JSON report):
     box_rows             int    rows that contributed to the box scores
     seconds              float  wall time of the pruner's whole pass
     per_sample           list   {row, prediction, score, visual_tokens, kept_tokens, keep_ratio, kv_length,
-                                 [box_recall, box_precision]}
+                                 [box_recall, box_precision], [group]}
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ def arm_summary(name: str, target: float | None, records: list[dict], timings: l
     steps = sum(t["decode_steps"] for t in timings)
     boxed = [r for r in records if "box_recall" in r]
     scores = [r["score"] for r in records if r["score"] is not None]
+    groups = sorted({r["group"] for r in records if "group" in r})
+    by_group = {g: _mean([r["score"] for r in records if r.get("group") == g]) for g in groups}
     return {
         "pruner": name,
         "target_keep_ratio": target,
         "metric": _mean(scores),
+        "metric_by_group": by_group,
         "scored": len(scores),
         **{key: _mean([r[key] for r in records]) for key in ("keep_ratio", "kept_tokens", "visual_tokens")},
         "kv_length": _mean([r["kv_length"] for r in records]),
@@ -85,3 +89,26 @@ def markdown_table(report: dict) -> str:
         cells += [_cell(result[key], fmt) for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def question_prior(train_rows, eval_rows) -> dict:
+    """What the question alone is worth: answer every held-out row with the most frequent training answer of the same
+    question text (the best a model that never looks at the image can do on this data); exact match, overall and
+    per `kind` when rows carry it. Rows are dicts with `question`, `answer` (a list) and optionally `kind`."""
+    from collections import Counter, defaultdict
+
+    seen: dict[str, Counter] = defaultdict(Counter)
+    overall: Counter = Counter()
+    for row in train_rows:
+        seen[row["question"]][row["answer"][0]] += 1
+        overall[row["answer"][0]] += 1
+    fallback = overall.most_common(1)[0][0] if overall else ""
+    hits: dict[str, list[float]] = defaultdict(list)
+    for row in eval_rows:
+        guess = seen[row["question"]].most_common(1)[0][0] if seen.get(row["question"]) else fallback
+        hit = float(guess.strip().lower() in {a.strip().lower() for a in row["answer"]})
+        hits["all"].append(hit)
+        if row.get("kind") is not None:
+            hits[row["kind"]].append(hit)
+    means = {k: sum(v) / len(v) for k, v in hits.items()}
+    return {"exact_match": means.pop("all", None), "by_group": dict(sorted(means.items()))}

@@ -30,14 +30,33 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .eval_config import BUILTIN_MODEL, BUILTIN_SYNTH, DOWNSAMPLE, GLIMPSE, UNPRUNED, EvalSettings
+from .eval_config import BUILTIN_MODEL, DOWNSAMPLE, GLIMPSE, UNPRUNED, EvalSettings, parse_pruner_spec
 from .eval_report import arm_summary, markdown_table
 
 logger = logging.getLogger("glimpserl")
-# builtin:synth is the training recipes' default set (their synth_* defaults and TrainingArguments' seed 42), so
-# its test split is the one stage-1 / stage-2 runs held out.
-SYNTH_DEFAULTS = {"n_train": 200, "n_test": 50, "image_size": 448, "seed": 42}
+
+
+def _synth_defaults(task: str) -> dict:
+    """The built-in set a recipe gets when it leaves every synth_* key at its default (SynthArguments)."""
+    from .configs import SynthArguments
+
+    d = SynthArguments()
+    return {
+        "n_train": d.synth_train,
+        "n_test": d.synth_test,
+        "image_size": d.synth_image_size,
+        "seed": d.synth_seed,
+        "task": task,
+        "n_val": d.synth_val,
+    }
+
+
+# A run's own built-in data is followed through its glimpserl_run.json (resolved paths); a bare builtin:... name
+# means the set with the default synth_* settings.
+BUILTIN_DATA = {"builtin:synth": _synth_defaults("glimpse"), "builtin:shapes": _synth_defaults("shapes")}
 NOT_COLUMNS = ("images", "prompt")
+GROUP_COLUMN = "kind"
+"""Rows that carry this column (the built-in sets' question kind) also get the metric per value."""
 
 
 @dataclass
@@ -60,7 +79,8 @@ def make_arm(name: str, keep_ratio: float | None, seed: int) -> Arm:
         return Arm(name, {"glimpse_mode": "off"})
     if name == DOWNSAMPLE:
         return Arm(name, {"glimpse_mode": "off"}, keep_ratio, shrink=keep_ratio)
-    pruner = TrainingFreePruner.build(name, keep_ratio=keep_ratio, seed=seed)
+    selector, layer = parse_pruner_spec(name)
+    pruner = TrainingFreePruner.build(selector, keep_ratio=keep_ratio, seed=seed, layer=layer)
     return Arm(name, {"glimpse_pruner": pruner}, keep_ratio)
 
 
@@ -78,7 +98,9 @@ def run_eval(settings: EvalSettings) -> dict:
     results = []
     for name in settings.pruners:
         arm = make_arm(name, None if name in (GLIMPSE, UNPRUNED) else target, settings.seed)
-        results.append(run_arm(model, processor, samples, arm, settings, reward))
+        results.append(
+            run_arm(model, processor, samples, arm, reward, settings.batch_size, settings.max_new_tokens, GROUP_COLUMN)
+        )
         if name == GLIMPSE and settings.matched:
             target = results[-1]["keep_ratio"]
     report = {
@@ -111,8 +133,8 @@ def load_samples(settings: EvalSettings, reward):
     from .synth import cached_synth
 
     path = settings.dataset
-    if path == BUILTIN_SYNTH:
-        path = str(cached_synth(**SYNTH_DEFAULTS) / f"{settings.split}.jsonl")
+    if path in BUILTIN_DATA:
+        path = str(cached_synth(**BUILTIN_DATA[path]) / f"{settings.split}.jsonl")
     columns = metric_columns(reward, settings.answer_column)
     table = read_table(path, settings.split)
     for source_column in columns.values():
@@ -122,12 +144,15 @@ def load_samples(settings: EvalSettings, reward):
                 f"dataset lacks (columns: {table.columns}). Point --answer-column at the answers, or pick another "
                 "--metric."
             )
+    prompt = {"question_template": settings.question_template} if settings.question_template else {}
     config = DataConfig(
         dataset=path,
         split=settings.split,
         answer_column=settings.answer_column,
         max_samples=settings.max_samples,
-        extra_columns=[c for c in columns if c != "answer"],
+        system_prompt=settings.system_prompt,
+        **prompt,
+        extra_columns=[c for c in columns if c != "answer"] + ([GROUP_COLUMN] * (GROUP_COLUMN in table.columns)),
     )
     dataset, report = load_vqa(config)
     logger.info("%s", report.summary())
@@ -204,15 +229,16 @@ def generate(model, inputs: dict, arm: Arm, max_new_tokens: int):
     return out, stamps[0] - start, stamps[-1] - stamps[0], len(stamps) - 1
 
 
-def run_arm(model, processor, samples, arm: Arm, settings: EvalSettings, reward) -> dict:
-    """Generate, score and measure one pruner over all samples; returns its summary with per-sample records."""
+def run_arm(
+    model, processor, samples, arm: Arm, reward, batch_size: int, max_new_tokens: int, group_column: str | None = None
+) -> dict:
+    """Generate, score and measure one pruner over all samples; returns its summary with per-sample records (and the
+    metric per value of `group_column`, e.g. the question kind, when rows carry it)."""
     from .data import _image_token_id
 
     image_token = _image_token_id(processor)
     device = next(model.parameters()).device
-    batches = [
-        range(s, min(s + settings.batch_size, len(samples))) for s in range(0, len(samples), settings.batch_size)
-    ]
+    batches = [range(s, min(s + batch_size, len(samples))) for s in range(0, len(samples), batch_size)]
     records, timings = [], []
     started = time.perf_counter()
     for number, indices in enumerate(tqdm(batches, desc=f"eval {arm.name}", leave=False)):
@@ -220,7 +246,7 @@ def run_arm(model, processor, samples, arm: Arm, settings: EvalSettings, reward)
         inputs = {k: v.to(device) for k, v in encode(processor, rows, arm.shrink).items()}
         if number == 0:  # warm-up: first-call allocations and kernel choices stay out of the timings
             generate(model, inputs, arm, 2)
-        out, prefill, decode, steps = generate(model, inputs, arm, settings.max_new_tokens)
+        out, prefill, decode, steps = generate(model, inputs, arm, max_new_tokens)
         timings.append({"prefill_s": prefill, "decode_s": decode, "decode_steps": steps})
         texts = processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         facts = token_facts(out, inputs, processor, rows, arm, image_token)
@@ -236,7 +262,10 @@ def run_arm(model, processor, samples, arm: Arm, settings: EvalSettings, reward)
         result = getattr(getattr(out.cache, "glimpse_state", None), "result", None)
         for b, (row, text, score, fact) in enumerate(zip(rows, texts, scores, facts, strict=True)):
             boxes = box_scores(result, b, row)
-            records.append({"row": row.get("source_row"), "prediction": text, "score": score, **fact, **boxes})
+            group = {"group": row[group_column]} if group_column and row.get(group_column) is not None else {}
+            records.append(
+                {"row": row.get("source_row"), "prediction": text, "score": score, **fact, **boxes, **group}
+            )
     return arm_summary(arm.name, arm.target_keep_ratio, records, timings, time.perf_counter() - started)
 
 

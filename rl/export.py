@@ -32,11 +32,13 @@ from ..models import check_glimpse_checkpoint, load_glimpse, read_glimpse_config
 from ..models.glimpse import CONFIG_NAME as GLIMPSE_CONFIG
 from ..models.glimpse import WEIGHTS_NAME as GLIMPSE_WEIGHTS
 from ..models.loading import load_model, load_processor
+from .run_card import RUN_CARD, find_run_card
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_CONFIG = "config.json"
 FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
 MANIFEST = "glimpserl_export.json"
 # What `processor.save_pretrained` may write; copied verbatim, so exporting never needs the processor's classes.
 PROCESSOR_FILES = (
@@ -263,6 +265,9 @@ def _copy_glimpse(src: Path, tmp: Path) -> None:
         raise ValueError(f"{src / GLIMPSE_WEIGHTS} holds no tensors.")
     shutil.copy2(src / GLIMPSE_WEIGHTS, tmp / GLIMPSE_WEIGHTS)
     shutil.copy2(src / GLIMPSE_CONFIG, tmp / GLIMPSE_CONFIG)
+    card = find_run_card(src)  # the run's prompt settings travel with its export (glimpserl eval follows them)
+    if card is not None:
+        shutil.copy2(card, tmp / RUN_CARD)
 
 
 def _copy_processor(run: RunFolder, tmp: Path) -> None:

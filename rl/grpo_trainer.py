@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from trl import GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
-from ..models import GlimpseResult, add_glimpse, get_adapter, glimpse_module
+from ..models import GlimpseResult, add_glimpse, freeze_vision, glimpse_module
 from ..rewards import build_rewards
 from .checkpoint import GlimpseCheckpointMixin
 from .configs import GlimpseGRPOConfig
@@ -86,19 +86,9 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
         glimpse_module(model)  # fail early without a glimpse
         reward_funcs, weights = build_rewards(args.rewards)
         args.reward_weights = weights
-        peft_config = None
-        if args.use_lora:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(
-                r=args.lora_r,
-                lora_alpha=args.lora_alpha,
-                lora_dropout=args.lora_dropout,
-                target_modules=get_adapter(model).lora_target_modules(),
-            )
-        elif args.freeze_vision:
-            for p in get_adapter(model).inner_model(model).visual.parameters():
-                p.requires_grad_(False)
+        peft_config = args.peft_config(model)
+        if peft_config is None and args.freeze_vision:
+            freeze_vision(model)
         super().__init__(
             model=model,
             reward_funcs=reward_funcs,

@@ -8,16 +8,44 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Relaxation = Literal["straight_through", "gumbel", "sigmoid"]
+Relaxation = Literal["straight_through", "straight_through_bias", "gumbel", "sigmoid"]
 HARD_DROP = -1.0e4  # additive key bias of a dropped token: exp(-1e4) == 0 in every float format we train in
+MASK_FLOOR = 1.0e-6
+"""`straight_through`: a dropped key's attention is scaled by this instead of 0 in the forward pass, so the attention
+weight it would have had (times this) is known to the backward pass, which divides the factor out again."""
+
+
+class _LogMask(torch.autograd.Function):
+    """bias = log(max(m, floor)) with d bias / d m = 1 / max(m, floor).
+
+    For a multiplicative key mask m in [0, 1], additive bias log m gives attention weights w_i proportional to
+    m_i exp(s_i). At m_i = 0 the bias derivative of the loss is w_i * (...) = 0, but the derivative with respect to m_i
+    (the effect of letting token i back in) is exp(s_i) / Z * (...), finite. Flooring m at `floor` keeps w_i tiny
+    but non-zero in the forward pass, and dividing by the floor in the backward pass recovers that derivative.
+    """
+
+    @staticmethod
+    def forward(ctx, mask: torch.Tensor, floor: float) -> torch.Tensor:
+        clamped = mask.clamp(min=floor)
+        ctx.save_for_backward(clamped)
+        return clamped.log()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (clamped,) = ctx.saved_tensors
+        return grad / clamped, None
 
 
 def mask_fn(relaxation: Relaxation, temperature: float = 1.0, threshold: float = 0.5, generator=None):
     """The masked-mode key-bias function: VIP logits [batch, seq] -> log keep-probability [batch, seq].
 
-    straight_through: hard keep/drop in value (a token is kept when logit + logistic noise passes the threshold,
-      as at inference), gradient of the Gumbel-sigmoid log-probability;
-    gumbel: the soft Gumbel-sigmoid (binary concrete) log-probability;
+    straight_through: the keep decision is sampled as at inference (a token is kept when logit + logistic noise passes
+      the threshold) and applied hard in the forward pass; the backward pass takes the gradient of the soft
+      Gumbel-sigmoid sample through the MULTIPLICATIVE mask (DynamicViT's estimator), so a dropped token learns
+      whether letting it back in would lower the loss (see docs/method.md section 2.1);
+    straight_through_bias: the same forward, but the gradient taken through the additive bias: a dropped key has
+      attention weight exactly 0, so the loss gives it no gradient at all (kept to show that difference);
+    gumbel: the soft Gumbel-sigmoid (binary concrete) log-probability, forward and backward;
     sigmoid: log sigmoid(logit / temperature), no noise.
     """
     cut = math.log(threshold / (1.0 - threshold))
@@ -27,14 +55,20 @@ def mask_fn(relaxation: Relaxation, temperature: float = 1.0, threshold: float =
             return F.logsigmoid((logits - cut) / temperature)
         u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
         noisy = logits - cut + torch.log(u) - torch.log1p(-u)
+        if relaxation == "straight_through":
+            soft = torch.sigmoid(noisy / temperature)
+            hard = (noisy > 0).to(soft.dtype)
+            return _LogMask.apply(hard + soft - soft.detach(), MASK_FLOOR)
         soft = F.logsigmoid(noisy / temperature)
         if relaxation == "gumbel":
             return soft
         hard = torch.where(noisy > 0, torch.zeros_like(soft), torch.full_like(soft, HARD_DROP))
         return hard + soft - soft.detach()
 
-    if relaxation not in ("straight_through", "gumbel", "sigmoid"):
-        raise ValueError(f"relaxation must be straight_through, gumbel or sigmoid, got {relaxation!r}.")
+    if relaxation not in ("straight_through", "straight_through_bias", "gumbel", "sigmoid"):
+        raise ValueError(
+            f"relaxation must be straight_through, straight_through_bias, gumbel or sigmoid, got {relaxation!r}."
+        )
     return fn
 
 

@@ -10,20 +10,26 @@ from typing import Literal
 
 from .recipe_checks import load_yaml, parse_checked
 
-STAGES = ("vip", "grpo")
+STAGES = ("sft", "vip", "grpo")
 
 
 @dataclass
 class RecipeArguments:
-    stage: Literal["vip", "grpo"] = field(
-        default="vip", metadata={"help": "Which trainer runs: vip (stage 1 distillation) or grpo (stage 2 RL)."}
+    stage: Literal["sft", "vip", "grpo"] = field(
+        default="vip",
+        metadata={
+            "help": "Which trainer runs: sft (fine-tune the VLM itself), vip (stage 1: train the glimpse + VIP) or "
+            "grpo (stage 2: RL on the pruned model)."
+        },
     )
 
 
 def stage_classes(stage: str) -> tuple[type, ...]:
-    from .configs import GlimpseGRPOConfig, ModelArguments, VIPTrainingConfig
+    from .configs import GlimpseGRPOConfig, ModelArguments, VIPTrainingConfig, VLMSFTConfig
     from .data import DataConfig
 
+    if stage == "sft":
+        return (RecipeArguments, ModelArguments, DataConfig, VLMSFTConfig)
     if stage == "vip":
         return (RecipeArguments, ModelArguments, DataConfig, VIPTrainingConfig)
     if stage == "grpo":

@@ -48,7 +48,10 @@ WORDS = (
     "bell", "coin", "leaf", "rock", "wolf", "bear", "seed", "ring",
 )  # fmt: skip
 KINDS = ("colour", "digit", "word")
-SPLITS = {"train": 0, "test": 1}
+SPLITS = {"train": 0, "test": 1, "val": 2}
+TASKS = ("glimpse", "shapes")
+"""glimpse: this module's set (one target among distractors, colour / digit / word questions); shapes: the built-in
+mini model's task (`synth_shapes`: find one object among several equally salient ones)."""
 TARGET_AREA = (0.05, 0.12)  # fraction of the image covered by the target's box
 DISTRACTOR_AREA = (0.012, 0.04)
 MIN_SIDE = 56  # below this the digits and words are no longer legible
@@ -159,10 +162,18 @@ def draw_object(draw: ImageDraw.ImageDraw, obj: SynthObject) -> None:
         draw.rectangle(inner, fill=rgb)
     elif obj.shape == "triangle":
         draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=rgb)
+    elif obj.shape == "diamond":
+        cx, cy = (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2
+        draw.polygon([(cx, y0), (x1 - 1, cy), (cx, y1 - 1), (x0, cy)], fill=rgb)
+    elif obj.shape == "cross":
+        bar_w, bar_h = max(2, (x1 - x0) // 3), max(2, (y1 - y0) // 3)
+        left, top = x0 + (x1 - x0 - bar_w) // 2, y0 + (y1 - y0 - bar_h) // 2
+        draw.rectangle((x0, top, x1 - 1, top + bar_h - 1), fill=rgb)
+        draw.rectangle((left, y0, left + bar_w - 1, y1 - 1), fill=rgb)
     elif obj.shape == "box":
         draw.rectangle(inner, fill=(255, 255, 255), outline=rgb, width=max(2, (y1 - y0) // 10))
     else:
-        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES + ('box',)}")
+        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES + ('diamond', 'cross', 'box')}")
     if obj.label:
         # A circle's inscribed square is ~70% of its box; a frame's border eats into the box too.
         fill = {"circle": 0.55, "box": 0.6}.get(obj.shape, 0.7)
@@ -239,11 +250,35 @@ def make_sample(seed: int, split: str, index: int, image_size: int | tuple[int, 
     return SynthSample(image, question, answer, kind, target, tuple(objects))
 
 
-def _write_split(out_dir: Path, split: str, n: int, size: tuple[int, int], seed: int) -> Counter:
+def task_sampler(task: str):
+    """The `make_*_sample(seed, split, index, image_size)` function of a synthetic task."""
+    if task == "glimpse":
+        return make_sample
+    if task == "shapes":
+        from .synth_shapes import make_shapes_sample
+
+        return make_shapes_sample
+    raise ValueError(f"unknown synthetic task {task!r}; valid tasks: {', '.join(TASKS)}")
+
+
+def task_kinds(task: str) -> tuple[str, ...]:
+    if task == "shapes":
+        from .synth_shapes import KINDS as SHAPE_KINDS
+
+        return SHAPE_KINDS
+    task_sampler(task)  # validates the name
+    return KINDS
+
+
+def _write_split(
+    out_dir: Path, split: str, n: int, size: tuple[int, int], seed: int, task: str, curriculum: int = 0
+) -> Counter:
     kinds: Counter = Counter()
+    make = task_sampler(task)
+    extra = {"curriculum": curriculum} if curriculum else {}
     with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
         for index in range(n):
-            sample = make_sample(seed, split, index, size)
+            sample = make(seed, split, index, size, **extra)
             rel = f"images/{split}_{index:06d}.png"
             sample.image.save(out_dir / rel, format="PNG")
             row = {
@@ -265,13 +300,19 @@ def write_synth(
     image_size: int | tuple[int, int] = 448,
     seed: int = 0,
     overwrite: bool = False,
+    task: str = "glimpse",
+    n_val: int = 0,
+    curriculum: int = 0,
 ) -> Path:
-    """Write images/*.png, train.jsonl, test.jsonl and dataset.json under `out_dir`; return `out_dir`."""
-    if n_train < 0 or n_test < 0:
-        raise ValueError(f"n_train and n_test must be >= 0, got {n_train} and {n_test}")
+    """Write images/*.png, train.jsonl, test.jsonl (+ val.jsonl when n_val > 0) and dataset.json under `out_dir`."""
+    if n_train < 0 or n_test < 0 or n_val < 0:
+        raise ValueError(f"n_train, n_val and n_test must be >= 0, got {n_train}, {n_val} and {n_test}")
+    kind_names = task_kinds(task)
+    if curriculum and task != "shapes":
+        raise ValueError(f"curriculum is a feature of the shapes task, not of {task!r}.")
     size = parse_image_size(image_size)
     out_dir = Path(out_dir)
-    ours = [out_dir / name for name in ("images", "train.jsonl", "test.jsonl", "dataset.json")]
+    ours = [out_dir / name for name in ("images", "train.jsonl", "val.jsonl", "test.jsonl", "dataset.json")]
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out_dir} is not empty; pick a new --out or pass --overwrite to replace it.")
@@ -282,21 +323,24 @@ def write_synth(
             else:
                 path.unlink(missing_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    kinds = {split: _write_split(out_dir, split, n, size, seed) for split, n in (("train", n_train), ("test", n_test))}
+    counts = {"train": n_train, **({"val": n_val} if n_val else {}), "test": n_test}
+    kinds = {split: _write_split(out_dir, split, n, size, seed, task, curriculum) for split, n in counts.items()}
     card = {
-        "name": "glimpserl-synth",
+        "name": "glimpserl-synth" if task == "glimpse" else f"glimpserl-{task}",
+        "task": task,
         "format_version": FORMAT_VERSION,
         "seed": seed,
+        **({"curriculum_rows": curriculum} if curriculum else {}),
         "image_size": {"width": size[0], "height": size[1]},
-        "counts": {"train": n_train, "test": n_test},
+        "counts": counts,
         "kinds": {split: dict(sorted(c.items())) for split, c in kinds.items()},
-        "files": {"train": "train.jsonl", "test": "test.jsonl", "images": "images/"},
+        "files": {**{split: f"{split}.jsonl" for split in counts}, "images": "images/"},
         "columns": {
             "image": "path relative to this folder",
             "question": "str",
             "answer": "str, one word",
             "boxes": "list of [x0, y0, x1, y1] around the target",
-            "kind": f"question kind, one of {list(KINDS)}",
+            "kind": f"question kind, one of {list(kind_names)}",
         },
         "box_format": "xyxy_pixel",
         "box_note": "pixels of the stored image; x1 and y1 are exclusive (0 <= x0 < x1 <= width)",
@@ -306,13 +350,19 @@ def write_synth(
     return out_dir
 
 
-def cached_synth(n_train: int, n_test: int, image_size: int, seed: int) -> Path:
-    """The built-in synthetic set (`builtin:synth`) with these settings, written once into glimpserl's cache."""
+def cached_synth(
+    n_train: int, n_test: int, image_size: int, seed: int, task: str = "glimpse", n_val: int = 0, curriculum: int = 0
+) -> Path:
+    """A built-in synthetic set (`builtin:synth`, `builtin:shapes`) with these settings, written once into
+    glimpserl's cache."""
     from ..models.loading import cache_dir
 
-    folder = cache_dir() / f"synth-seed{seed}-n{n_train}-{n_test}-{image_size}"
+    val = f"-{n_val}" if n_val else ""
+    name = "synth" if task == "glimpse" else task
+    ramp = f"-c{curriculum}" if curriculum else ""
+    folder = cache_dir() / f"{name}-seed{seed}-n{n_train}{val}-{n_test}-{image_size}{ramp}"
     if not (folder / "dataset.json").is_file():  # dataset.json is written last: its presence means complete
-        write_synth(folder, n_train, n_test, image_size, seed, overwrite=True)
+        write_synth(folder, n_train, n_test, image_size, seed, True, task, n_val, curriculum)
     return folder
 
 
@@ -320,27 +370,50 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the `synth` options to `parser` (usable as a sub-command parser)."""
     parser.add_argument("--out", required=True, type=Path, help="Output folder (created; must be empty).")
     parser.add_argument("--n-train", type=int, default=200, help="Number of training samples (default: 200).")
+    parser.add_argument("--n-val", type=int, default=0, help="Number of validation samples (default: 0, none).")
     parser.add_argument("--n-test", type=int, default=50, help="Number of test samples (default: 50).")
+    parser.add_argument(
+        "--task",
+        default="glimpse",
+        choices=TASKS,
+        help="glimpse: one target among distractors (colour / digit / word questions); shapes: find one object "
+        "among several equally salient ones (the built-in mini model's task). Default: glimpse.",
+    )
     parser.add_argument(
         "--image-size", default="448", help="Image size: 448 for square or WIDTHxHEIGHT like 640x480 (default: 448)."
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed; the same seed writes byte-identical files.")
+    parser.add_argument(
+        "--curriculum",
+        type=int,
+        default=0,
+        help="shapes task: the first N train rows hold fewer objects, rising from one (default: 0, off).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an earlier synth set in --out.")
     return parser
 
 
+def run_synth(args: argparse.Namespace) -> int:
+    """Write the set `args` (from `add_synth_arguments`) describe and print where it went."""
+    size = parse_image_size(args.image_size)
+    out = write_synth(
+        args.out, args.n_train, args.n_test, size, args.seed, args.overwrite, args.task, args.n_val, args.curriculum
+    )
+    counts = f"{args.n_train} train + {args.n_val} val + {args.n_test} test" if args.n_val else None
+    counts = counts or f"{args.n_train} train + {args.n_test} test"
+    print(f"wrote {counts} {args.task} samples ({size[0]}x{size[1]}) to {out}")
+    return 0
+
+
 def synth_main(argv: list[str] | None = None) -> int:
-    """`glimpserl data synth ...`: write the synthetic glimpse dataset and print where it went."""
+    """`python -m glimpserl.rl.synth ...` (the same as `glimpserl data synth ...`)."""
     parser = argparse.ArgumentParser(
         prog="glimpserl data synth",
         description="Write a synthetic VQA set whose answer sits in one small region of each image "
-        "(train.jsonl, test.jsonl, images/, dataset.json).",
+        "(train.jsonl, [val.jsonl,] test.jsonl, images/, dataset.json).",
     )
     args = add_synth_arguments(parser).parse_args(argv)
     try:
-        size = parse_image_size(args.image_size)
-        out = write_synth(args.out, args.n_train, args.n_test, size, args.seed, overwrite=args.overwrite)
+        return run_synth(args)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))
-    print(f"wrote {args.n_train} train + {args.n_test} test samples ({size[0]}x{size[1]}) to {out}")
-    return 0

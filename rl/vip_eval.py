@@ -2,7 +2,8 @@
 box recall / precision, and the answer KL of the physically pruned model against the unpruned one.
 
 It also reports operating points: keep ratio and box recall / precision if the keep threshold were each of
-`OPERATING_THRESHOLDS` (from the same VIP logits), so a deployment threshold can be picked for a token budget.
+`OPERATING_THRESHOLDS` (from the same VIP logits). The deployment threshold itself is picked on a validation split by
+`calibrate_threshold` (a target keep ratio), never on the held-out split.
 """
 
 from __future__ import annotations
@@ -80,3 +81,58 @@ def evaluate_glimpse(model, processor, samples, batch_size: int = 4, max_answer_
         for t, values in points.items()
     ]
     return report
+
+
+@torch.no_grad()
+def vip_logits(model, processor, samples, batch_size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch: (VIP logits [batch, seq], visual mask [batch, seq]) of the prompts of `samples` (no answers)."""
+    collate = GlimpseCollator(processor, 1)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in tqdm(range(0, len(samples), batch_size), desc="calibrating keep threshold", leave=False):
+        batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))])
+        prompt = batch["prompt_length"]
+        inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+        inputs = {
+            k: v[:, :prompt] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
+            for k, v in inputs.items()
+        }
+        result = model(**inputs, use_cache=False).glimpse
+        out.append((result.logits.float().cpu(), result.visual_mask.cpu()))
+    model.train(was_training)
+    return out
+
+
+def mean_keep_ratio(batches: list[tuple[torch.Tensor, torch.Tensor]], config) -> float:
+    """Mean over samples of kept / visual tokens if the keep decision used `config` (threshold, caps)."""
+    ratios = []
+    for logits, visual in batches:
+        keep = decide_keep(logits, visual, image_segments(visual), config)
+        ratios += ((keep & visual).sum(1) / visual.sum(1).clamp(min=1)).tolist()
+    return sum(ratios) / max(len(ratios), 1)
+
+
+def calibrate_threshold(model, processor, samples, target: float, batch_size: int = 4, steps: int = 30) -> dict:
+    """The keep threshold whose mean keep ratio on `samples` (a validation split) is closest to `target`.
+
+    The keep ratio falls as the threshold rises, so a bisection on [0, 1) finds it; the result is the threshold at
+    the end of the search whose ratio is nearest the target (a plateau of equal ratios keeps its lowest threshold).
+    """
+    config = glimpse_module(model).config
+    batches = vip_logits(model, processor, samples, batch_size)
+    low, high = 0.0, 1.0
+    best = (abs(mean_keep_ratio(batches, replace(config, threshold=0.0)) - target), 0.0)
+    for _ in range(steps):
+        mid = (low + high) / 2
+        ratio = mean_keep_ratio(batches, replace(config, threshold=mid))
+        best = min(best, (abs(ratio - target), mid))
+        low, high = (mid, high) if ratio > target else (low, mid)
+    threshold = best[1]
+    return {
+        "threshold": threshold,
+        "target_keep_ratio": target,
+        "keep_ratio": mean_keep_ratio(batches, replace(config, threshold=threshold)),
+        "rows": len(samples),
+    }

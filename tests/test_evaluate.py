@@ -143,3 +143,40 @@ def test_dataset_without_the_metric_column(tmp_path, capsys):
     code, _, err = run_cli(capsys, "--dataset", str(data), "--pruners", "none")
     assert code == 2
     assert "the metric 'exact_match' needs the column 'answer', which the dataset lacks" in err
+
+
+def test_eval_asks_its_questions_the_way_the_run_trained(synth, glimpse_dir, tmp_path):
+    """A run's glimpserl_run.json sets eval's default data, prompt template, system prompt and pixel bounds; flags
+    given on the command line still win. Without a card eval uses the data loader's defaults."""
+    from glimpserl.rl.eval_config import EvalSettings
+    from glimpserl.rl.evaluate import load_samples
+    from glimpserl.rl.run_card import RUN_CARD
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("glimpse.safetensors", "glimpse_config.json"):
+        (run / name).write_bytes((glimpse_dir / name).read_bytes())
+    card = {
+        "stage": "vip",
+        "model_name_or_path": "builtin:tiny-qwen2_5_vl",
+        "data": {"question_template": "Q: {question} A:", "system_prompt": "Be brief.", "max_pixels": 12544},
+        "eval_dataset": str(synth),
+    }
+    (run / RUN_CARD).write_text(json.dumps(card))
+    settings = EvalSettings(glimpse=str(run), pruners="glimpse,none")
+    assert (settings.dataset, settings.question_template, settings.max_pixels) == (
+        str(synth),
+        "Q: {question} A:",
+        12544,
+    )
+    assert settings.model == "builtin:tiny-qwen2_5_vl"
+    samples, _ = load_samples(settings, build_reward("exact_match"))
+    messages = samples[0]["prompt"]
+    assert messages[0]["content"][0]["text"] == "Be brief."
+    assert messages[-1]["content"][-1]["text"].startswith("Q: ") and messages[-1]["content"][-1]["text"].endswith(
+        " A:"
+    )
+    override = EvalSettings(glimpse=str(run), pruners="glimpse", question_template="{question}?", max_pixels=3136)
+    assert (override.question_template, override.max_pixels) == ("{question}?", 3136)
+    bare = EvalSettings(glimpse=str(glimpse_dir), pruners="glimpse", dataset=str(synth))
+    assert bare.question_template is None and not bare.run_card

@@ -6,7 +6,7 @@ import inspect
 import pytest
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from glimpserl.rl.configs import GlimpseGRPOConfig, VIPTrainingConfig
+from glimpserl.rl.configs import GlimpseGRPOConfig, VIPTrainingConfig, VLMSFTConfig
 
 OVERRIDDEN = {
     SFTTrainer: [
@@ -91,12 +91,17 @@ OWN_FIELDS = {
         "relaxation_temperature",
         "max_answer_tokens",
         "deploy_threshold",
+        "deploy_keep_ratio",
+        "calibration_dataset",
         "eval_dataset",
         "eval_split",
         "eval_max_samples",
         "synth_train",
+        "synth_val",
         "synth_test",
         "synth_image_size",
+        "synth_seed",
+        "synth_curriculum",
     },
     GlimpseGRPOConfig: {
         "mask_policy",
@@ -112,13 +117,35 @@ OWN_FIELDS = {
         "eval_split",
         "eval_max_samples",
         "synth_train",
+        "synth_val",
         "synth_test",
         "synth_image_size",
+        "synth_seed",
+        "synth_curriculum",
+    },
+    VLMSFTConfig: {
+        "max_answer_tokens",
+        "use_lora",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "freeze_vision",
+        "eval_dataset",
+        "eval_split",
+        "eval_max_samples",
+        "synth_train",
+        "synth_val",
+        "synth_test",
+        "synth_image_size",
+        "synth_seed",
+        "synth_curriculum",
     },
 }
 
 
-@pytest.mark.parametrize(("ours", "base"), [(VIPTrainingConfig, SFTConfig), (GlimpseGRPOConfig, GRPOConfig)])
+@pytest.mark.parametrize(
+    ("ours", "base"), [(VIPTrainingConfig, SFTConfig), (GlimpseGRPOConfig, GRPOConfig), (VLMSFTConfig, SFTConfig)]
+)
 def test_config_fields_are_ours_or_upstream(ours, base):
     """Every field is either one glimpserl reads or an upstream one we re-default. A re-default of a field upstream
     dropped (transformers 5 folded warmup_ratio into warmup_steps) would otherwise be an orphan doing nothing."""

@@ -50,11 +50,46 @@ def test_dice_bce_by_hand():
 
 def test_straight_through_is_hard_in_value_and_soft_in_gradient():
     logits = torch.tensor([[4.0, -4.0, 0.3]], requires_grad=True)
-    g = torch.Generator().manual_seed(0)
-    bias = losses.mask_fn("straight_through", 1.0, 0.5, generator=g)(logits, torch.ones_like(logits).bool())
-    assert set(bias.detach().tolist()[0]) <= {0.0, losses.HARD_DROP}
-    bias.sum().backward()
-    assert (logits.grad != 0).all()  # dropped tokens still get a gradient
+    for relaxation, dropped in (("straight_through", math.log(losses.MASK_FLOOR)), ("straight_through_bias", -1e4)):
+        g = torch.Generator().manual_seed(0)
+        bias = losses.mask_fn(relaxation, 1.0, 0.5, generator=g)(logits, torch.ones_like(logits).bool())
+        values = bias.detach()[0].tolist()
+        assert all(v == 0.0 or v == pytest.approx(dropped) for v in values) and min(values) < -1, relaxation
+        logits.grad = None
+        bias.sum().backward()
+        assert (logits.grad != 0).all()
+
+
+def _one_token_answer(relaxation: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A toy attention read-out whose answer lives in token 0 alone: its value is the only one pointing along the
+    first axis. The VIP logits drop token 0 (in this sample) and keep the rest. Returns (d loss / d logits, keep)."""
+    n = 6
+    values = torch.zeros(n, 2)
+    values[0, 0] = 1.0
+    values[1:, 1] = 1.0
+    scores = torch.zeros(n)  # the query attends to every key alike
+    teacher = torch.softmax(scores, 0) @ values
+    logits = torch.tensor([-1.0, 3.0, 3.0, 3.0, 3.0, 3.0], requires_grad=True)
+    bias = losses.mask_fn(relaxation, 1.0, 0.5, generator=torch.Generator().manual_seed(seed))(logits, None)
+    student = torch.softmax(scores + bias, 0) @ values
+    ((student - teacher) ** 2).sum().backward()
+    return logits.grad, bias.detach() > -math.log(2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_dropped_token_that_holds_the_answer_is_pulled_back_in(seed):
+    """The defect behind a KL-only VIP that learns the budget but not the place: through the additive bias a
+    dropped key has attention weight exactly 0, so d loss / d logit is exactly 0 for it and the loss can never pull
+    it back. Through the multiplicative mask the same sample gives it a negative gradient (raise its logit)."""
+    for attempt in range(seed * 50, seed * 50 + 50):  # find a sample in which token 0 is dropped, the rest kept
+        grad, keep = _one_token_answer("straight_through", attempt)
+        if not keep[0] and keep[1:].all():
+            break
+    else:
+        pytest.fail("no sample dropped token 0 alone")
+    assert grad[0] < 0
+    old_grad, old_keep = _one_token_answer("straight_through_bias", attempt)
+    assert torch.equal(old_keep, keep) and old_grad[0] == 0
 
 
 def test_sigmoid_relaxation_and_threshold():
@@ -64,7 +99,7 @@ def test_sigmoid_relaxation_and_threshold():
     # A 0.75 threshold moves the cut: logit log(3) sits exactly on it.
     shifted = losses.mask_fn("sigmoid", 1.0, 0.75)(logits, None)
     assert shifted.exp()[0, 1].item() == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="relaxation"):
+    with pytest.raises(ValueError, match="relaxation must be straight_through, straight_through_bias"):
         losses.mask_fn("hard")
 
 

@@ -162,6 +162,35 @@ def test_soft_masked_mode_trains_the_vip(tiny_processor):
     assert out.glimpse.keep_prob.requires_grad
 
 
+@pytest.mark.parametrize(
+    ("relaxation", "dropped_learn"), [("straight_through", True), ("straight_through_bias", False)]
+)
+def test_dropped_tokens_get_a_distillation_gradient_only_through_the_mask(tiny_processor, relaxation, dropped_learn):
+    """Through the real pruned forward: the KL to the unpruned model reaches the VIP logits of tokens the sampled
+    mask dropped only with the multiplicative straight-through estimator."""
+    from glimpserl.rl import losses
+
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl")
+    with torch.no_grad():
+        teacher = model(**inputs, glimpse_mode="off").logits[:, -1]
+    fn = losses.mask_fn(relaxation, 1.0, 0.5, generator=torch.Generator().manual_seed(0))
+    holder = {}
+
+    def keep_logits(logits, visual):
+        logits.retain_grad()
+        holder["logits"] = logits
+        return fn(logits, visual)
+
+    out = model(**inputs, glimpse_mode="mask", glimpse_mask_fn=keep_logits)
+    kl = F.kl_div(out.logits[:, -1].log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="sum")
+    kl.backward()
+    dropped = out.glimpse.visual_mask & ~out.glimpse.keep_mask
+    assert dropped.any() and (out.glimpse.visual_mask & out.glimpse.keep_mask).any()
+    grad = holder["logits"].grad[dropped]
+    assert bool((grad != 0).any()) is dropped_learn
+
+
 def test_two_images_per_sample(tiny_processor):
     inputs = batch(
         tiny_processor,

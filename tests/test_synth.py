@@ -119,3 +119,47 @@ def test_synth_set_loads_with_the_data_loader(synth_dir):
     dataset, report = load_vqa(DataConfig(dataset=str(synth_dir / "test.jsonl")))
     assert len(dataset) == 3 and report.rows_skipped == 0
     assert dataset[0]["boxes"] == [[float(v) for v in _rows(synth_dir / "test.jsonl")[0]["boxes"][0]]]
+
+
+# ---------------------------------------------------------------- the shapes task (builtin:shapes)
+@pytest.mark.parametrize("index", range(8))
+def test_shapes_target_is_unique_in_shape_and_colour_and_fills_its_tokens(index):
+    from glimpserl.rl.synth_shapes import CELLS, KINDS, OBJECTS, TOKEN, make_shapes_sample
+
+    sample = make_shapes_sample(seed=2, split="test", index=index, image_size=336)
+    target, others = sample.target, sample.objects[1:]
+    assert sample.kind == KINDS[index % 2] and OBJECTS[0] <= len(sample.objects) <= OBJECTS[1]
+    assert all(o.shape != target.shape and o.colour != target.colour for o in others)
+    if sample.kind == "colour":
+        assert (sample.question, sample.answer) == (f"What colour is the {target.shape}?", target.colour)
+    else:
+        assert (sample.question, sample.answer) == (f"What shape is the {target.colour} object?", target.shape)
+    # The box lies inside CELLS x CELLS token cells, and the target's colour is there and nowhere else.
+    x0, y0, x1, y1 = target.box
+    assert x0 // TOKEN == (x1 - 1) // TOKEN - CELLS + 1 and y0 // TOKEN == (y1 - 1) // TOKEN - CELLS + 1
+    pixels = np.asarray(sample.image, dtype=np.int32)
+    hit = (np.abs(pixels - np.array(COLOURS[target.colour])).max(-1) == 0).nonzero()
+    assert x0 <= hit[1].min() and hit[1].max() < x1 and y0 <= hit[0].min() and hit[0].max() < y1
+
+
+def test_shapes_curriculum_rises_from_one_object_on_the_train_split_only():
+    from glimpserl.rl.synth_shapes import OBJECTS, make_shapes_sample, object_range
+
+    assert object_range("train", 0, 600) == (1, 1)
+    assert object_range("train", 300, 600) == (1, 1 + OBJECTS[1] * 300 // 600)
+    assert object_range("train", 600, 600) == OBJECTS and object_range("test", 0, 600) == OBJECTS
+    assert len(make_shapes_sample(0, "train", 0, 336, curriculum=600).objects) == 1
+    assert len(make_shapes_sample(0, "test", 0, 336, curriculum=600).objects) >= OBJECTS[0]
+
+
+def test_shapes_task_through_the_cli_with_a_validation_split(tmp_path, capsys):
+    out = tmp_path / "shapes"
+    argv = ["--out", str(out), "--task", "shapes", "--n-train", "4", "--n-val", "2", "--n-test", "2"]
+    assert synth_main([*argv, "--image-size", "168", "--curriculum", "4"]) == 0
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["counts"] == {"train": 4, "val": 2, "test": 2} and card["task"] == "shapes"
+    assert card["curriculum_rows"] == 4 and card["name"] == "glimpserl-shapes"
+    assert {row["kind"] for row in _rows(out / "val.jsonl")} <= {"colour", "shape"}
+    assert "4 train + 2 val + 2 test shapes samples" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="curriculum is a feature of the shapes task"):
+        write_synth(tmp_path / "bad", 2, 2, 112, 0, task="glimpse", curriculum=2)

@@ -52,6 +52,9 @@ class Qwen2VLAdapter(VLMAdapter):
     def vision_size(self, inner):
         return inner.visual.patch_embed.embed_dim
 
+    def vision_encoder(self, inner):
+        return inner.visual
+
     def rotary(self):
         return self.modeling.apply_rotary_pos_emb
 

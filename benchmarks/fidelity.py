@@ -1,0 +1,220 @@
+"""Does pruning keep the answers? GlimpsePrune against every baseline on a model that knows its task.
+
+The built-in mini model (builtin:mini-qwen2_5_vl) answers the built-in shapes task: one object among several on a
+336 px canvas (144 visual tokens), named by its shape or colour; the answer lives in the 4 tokens (2.8%) under that
+object. This command reruns the method on it and writes one table:
+
+1. stage 1, box-supervised (recipes/mini/vip.yaml) and KL-only (the same recipe with --box_weight 0), each
+   calibrating its deployment threshold on the validation split to the recipe's keep ratio;
+2. stage 2, GlimpsePrune+ (recipes/mini/grpo.yaml, starting from the box-supervised glimpse);
+3. every arm on the test split: unpruned; GlimpsePrune at its deployment threshold and at other operating points
+   (thresholds calibrated on the validation split to other keep ratios); KL-only GlimpsePrune; GlimpsePrune+;
+   (a) every training-free pruner at the glimpse's layer K and at its keep ratio and two others; (b) each at its
+   native operating point (G-Prune, DivPrune, CDPruner before the language model, FastV after layer 0,
+   downsampling on smaller images).
+
+Columns: exact match (overall and per question kind), keep ratio, kept tokens, prefill time per batch and its ratio
+to unpruned (measured in the same run). Writes fidelity.json, fidelity.md and fidelity.png into --out-dir.
+
+    python -m glimpserl.benchmarks.fidelity                      # the full reproduction (CPU: see the README)
+    python -m glimpserl.benchmarks.fidelity --quick              # wiring only: a few steps, a few rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from glimpserl.benchmarks.fidelity_report import markdown_table, plot, summary_lines
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "mini"
+MODEL = "builtin:mini-qwen2_5_vl"
+OTHER_RATIOS = (0.25, 0.5)
+"""Keep ratios of the baselines besides the glimpse's own."""
+GLIMPSE_POINTS = (0.5, 2.0, 4.0)
+"""Other glimpse operating points, as multiples of the deployment keep ratio (calibrated on the validation split)."""
+SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
+NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
+"""Where each training-free method prunes in its own publication: before the LLM, or FastV after an early layer."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m glimpserl.benchmarks.fidelity",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--work-dir", default="outputs/fidelity", help="Training runs and logs go here.")
+    p.add_argument("--out-dir", default="benchmarks/results", help="fidelity.{json,md,png} go here.")
+    p.add_argument("--eval-rows", type=int, default=None, help="Test rows per arm (default: the whole test split).")
+    p.add_argument("--batch-size", type=int, default=32, help="Rows per generate call (prefill is timed per batch).")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the evaluation (default: torch's).")
+    p.add_argument("--reuse", action="store_true", help="Keep finished training runs in --work-dir; train the rest.")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="Wiring check: 2 training steps per stage, 16 test rows, no plot of record (CI).",
+    )
+    return p.parse_args(argv)
+
+
+def train(name: str, recipe: Path, work: Path, overrides: list[str], quick: bool, reuse: bool) -> dict:
+    """Run `glimpserl train RECIPE` in a subprocess (the command a user types); returns its eval_results.json."""
+    out = work / name
+    results = out / "eval_results.json"
+    if reuse and results.is_file():
+        return {"seconds": None, **json.loads(results.read_text())}
+    args = [sys.executable, "-m", "glimpserl.cli", "train", str(recipe), "--output_dir", str(out), *overrides]
+    if quick:
+        args += ["--max_steps", "2", "--save_strategy", "no"]
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(work / f"{name}.log", "w") as log:
+        done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    if done.returncode != 0:
+        raise RuntimeError(f"stage {name} failed (exit {done.returncode}); see {work / f'{name}.log'}")
+    report = json.loads(results.read_text()) if results.is_file() else {}
+    return {"seconds": time.perf_counter() - start, **report}
+
+
+def _samples(settings):
+    from glimpserl.rewards import build_reward
+    from glimpserl.rl.evaluate import load_samples
+
+    samples, _ = load_samples(settings, build_reward("exact_match"))
+    return samples
+
+
+def _settings(run: Path, split: str, rows: int | None, batch_size: int):
+    from glimpserl.rl.eval_config import EvalSettings
+
+    return EvalSettings(glimpse=str(run), pruners="glimpse", split=split, max_samples=rows, batch_size=batch_size)
+
+
+class Evaluator:
+    """Runs arms over the same test rows with one model at a time; remembers the unpruned prefill time."""
+
+    def __init__(self, settings, samples):
+        from glimpserl.rewards import build_reward
+
+        self.settings, self.samples, self.reward = settings, samples, build_reward("exact_match")
+        self.results: list[dict] = []
+
+    def run(self, model, processor, arm, label: str, family: str, layer: str, threshold: float | None = None):
+        from glimpserl.models import glimpse_module
+        from glimpserl.rl.evaluate import GROUP_COLUMN, run_arm
+
+        module = glimpse_module(model)
+        saved = module.config
+        if threshold is not None:
+            module.config = dataclasses.replace(saved, threshold=threshold)
+        try:
+            row = run_arm(
+                model,
+                processor,
+                self.samples,
+                arm,
+                self.reward,
+                self.settings.batch_size,
+                self.settings.max_new_tokens,
+                GROUP_COLUMN,
+            )
+        finally:
+            module.config = saved
+        row.update(label=label, family=family, layer=layer, threshold=threshold)
+        row.pop("per_sample")
+        self.results.append(row)
+        print(f"  {label:<28} exact match {row['metric']:.3f}  keep {row['keep_ratio']:.3f}", flush=True)
+        return row
+
+
+def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
+    """Every arm of the table on the test split; returns (rows, facts)."""
+    from glimpserl.models import glimpse_module
+    from glimpserl.rl.evaluate import Arm, load_eval_model, make_arm
+    from glimpserl.rl.vip_eval import calibrate_threshold
+
+    box, kl, plus = work / "vip-box", work / "vip-kl", work / "grpo"
+    settings = _settings(box, "test", args.eval_rows, args.batch_size)
+    evaluator = Evaluator(settings, _samples(settings))
+    val = _samples(_settings(box, "val", None, args.batch_size))
+    model, processor = load_eval_model(settings)
+    k = glimpse_module(model).config.layer
+    deploy = runs["vip-box"]["calibration"]
+    facts = {"layer": k, "deploy": deploy, "test_rows": len(evaluator.samples), "val_rows": len(val)}
+
+    evaluator.run(model, processor, Arm("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
+    glimpse = evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune", "glimpse", str(k))
+    ratio = glimpse["keep_ratio"]
+    for factor in GLIMPSE_POINTS:
+        target = min(1.0, factor * deploy["target_keep_ratio"])
+        point = calibrate_threshold(model, processor, val, target, batch_size=args.batch_size)
+        label = f"GlimpsePrune @ val keep {target:.3f}"
+        evaluator.run(model, processor, Arm("glimpse"), label, "glimpse", str(k), point["threshold"])
+    for keep in (ratio, *OTHER_RATIOS):
+        for name in (*SELECTORS, "downsample"):
+            arm = make_arm(name, keep, seed=0)
+            layer = "-" if name == "downsample" else str(k)
+            evaluator.run(model, processor, arm, f"{name} (layer {layer})", name, layer)
+            if name in NATIVE:
+                spec = f"{name}@{NATIVE[name]}"
+                evaluator.run(model, processor, make_arm(spec, keep, seed=0), spec, name, NATIVE[name])
+
+    model, processor = load_eval_model(_settings(kl, "test", args.eval_rows, args.batch_size))
+    evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
+    from glimpserl.rl.eval_config import EvalSettings
+
+    plus_settings = EvalSettings(run_dir=str(plus), pruners="glimpse", batch_size=args.batch_size)
+    model, processor = load_eval_model(plus_settings)
+    evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
+    reference = evaluator.results[0]["prefill_ms"]
+    for row in evaluator.results:
+        row["prefill_ratio"] = row["prefill_ms"] / reference
+    return evaluator.results, facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work, out_dir = Path(args.work_dir), Path(args.out_dir)
+    started = time.perf_counter()
+    runs = {
+        "vip-box": train("vip-box", RECIPES / "vip.yaml", work, [], args.quick, args.reuse),
+        "vip-kl": train("vip-kl", RECIPES / "vip.yaml", work, ["--box_weight", "0"], args.quick, args.reuse),
+    }
+    plus = ["--glimpse_init", str(work / "vip-box")]
+    runs["grpo"] = train("grpo", RECIPES / "grpo.yaml", work, plus, args.quick, args.reuse)
+    if args.quick and args.eval_rows is None:
+        args.eval_rows = 16
+    rows, facts = evaluate(work, runs, args)
+    report = {
+        "command": "python -m glimpserl.benchmarks.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "threads": torch.get_num_threads(),
+        "wall_seconds": time.perf_counter() - started,
+        "training": {name: {k: v for k, v in run.items() if k != "eval"} for name, run in runs.items()},
+        "stage1_eval": {name: runs[name].get("eval") for name in ("vip-box", "vip-kl")},
+        **facts,
+        "rows": rows,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "fidelity-quick" if args.quick else "fidelity"
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(report)
+    (out_dir / f"{stem}.md").write_text(table + "\n")
+    plot(report, out_dir / f"{stem}.png")
+    print(table)
+    print("\n".join(summary_lines(report)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
