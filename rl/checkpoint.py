@@ -120,22 +120,33 @@ def retire_later_checkpoints(output_dir: str | os.PathLike, start_step: int) -> 
         )
 
 
-class GlimpseCheckpointMixin:
-    """For a transformers Trainer whose model carries a glimpse.
+def _holds_full_weights(folder: str | os.PathLike) -> bool:
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    return any((Path(folder) / name).is_file() for name in names)
 
-    `save_glimpse_only = True` (stage 1): a save holds the glimpse weights and the processor, not the frozen base.
-    Otherwise (stage 2) the trainer's own save (LoRA adapter or full weights) runs first and the glimpse is added.
+
+def load_full_weights(model, folder: str | os.PathLike) -> None:
+    """Load a checkpoint's full model weights onto `model` in place, through the model class's own loader.
+
+    transformers' resume hands the saved tensors to `load_state_dict(strict=False)` under their saved names, which
+    save_pretrained writes in the checkpoint (legacy) layout, e.g. `model.layers.*` for Qwen2.5-VL's
+    `model.language_model.layers.*`: nothing matches, nothing loads, and training silently goes on from the initial
+    weights. `from_pretrained` maps the names; a key still unmatched (other than the glimpse's, saved on its own) is
+    an error.
     """
+    saved = type(model).from_pretrained(str(folder), dtype=next(model.parameters()).dtype)
+    missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
+    missing = [key for key in missing if ".glimpse." not in f".{key}"]
+    if missing or unexpected:
+        raise ValueError(
+            f"Cannot resume from {folder}: its weights do not fit this model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); resume with the model the run was started with."
+        )
 
-    save_glimpse_only = False
 
-    def _gathered_glimpse(self):
-        params = list(glimpse_module(self.model).parameters())
-        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            import deepspeed
-
-            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        return contextlib.nullcontext()
+class CompleteCheckpointMixin:
+    """For a transformers Trainer: checkpoints count as complete only with the marker (see the module docstring),
+    `last` means the newest complete one, and a run resumed from its last step does not train past it."""
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         # `True` / "last": the newest COMPLETE checkpoint (transformers' own choice ignores the markers); a folder
@@ -156,20 +167,11 @@ class GlimpseCheckpointMixin:
             return num_train_epochs, 0
         return epochs, steps
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        output_dir = output_dir or self.args.output_dir
-        if not self.save_glimpse_only:
-            super().save_model(output_dir, _internal_call=_internal_call)
-        with self._gathered_glimpse():
-            if self.args.should_save:
-                save_glimpse(self.accelerator.unwrap_model(self.model), output_dir)
-                if self.save_glimpse_only:
-                    self.processing_class.save_pretrained(output_dir)
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if not self.save_glimpse_only:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_glimpse(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+        target = self.accelerator.unwrap_model(model or self.model)
+        if hasattr(target, "peft_config") or not _holds_full_weights(resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_full_weights(target, resume_from_checkpoint)
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = Path(self._get_output_dir(trial=trial))
@@ -188,3 +190,36 @@ class GlimpseCheckpointMixin:
             mark_complete(folder, self.state.global_step)
             best = self.state.best_model_checkpoint
             rotate_checkpoints(run_dir, limit, {folder, *([Path(best)] if best else [])})
+
+
+class GlimpseCheckpointMixin(CompleteCheckpointMixin):
+    """For a transformers Trainer whose model carries a glimpse: complete checkpoints that hold the glimpse too.
+
+    `save_glimpse_only = True` (stage 1): a save holds the glimpse weights and the processor, not the frozen base.
+    Otherwise (stage 2) the trainer's own save (LoRA adapter or full weights) runs first and the glimpse is added.
+    """
+
+    save_glimpse_only = False
+
+    def _gathered_glimpse(self):
+        params = list(glimpse_module(self.model).parameters())
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.save_glimpse_only:
+            super().save_model(output_dir, _internal_call=_internal_call)
+        with self._gathered_glimpse():
+            if self.args.should_save:
+                save_glimpse(self.accelerator.unwrap_model(self.model), output_dir)
+                if self.save_glimpse_only:
+                    self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self.save_glimpse_only:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_glimpse(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)

@@ -1,5 +1,5 @@
-"""Fault injection: stage 1 and stage 2 runs killed at precise points resume from the newest complete checkpoint with
-the losses of an uninterrupted run, or refuse with the reason; never a silent restart from step 0.
+"""Fault injection: stage 1, stage 2 (and stage sft) runs killed at precise points resume from the newest complete
+checkpoint with the losses of an uninterrupted run, or refuse with the reason; never a silent restart from step 0.
 
 A kill is the `Killed` exception raised at the chosen point of the real `glimpserl train` entry point (in-process):
 nothing after that point runs, not even `except Exception` handlers. A half-written file is written half before
@@ -33,22 +33,26 @@ MAX_PIXELS = 112 * 112
 @dataclass(frozen=True)
 class Stage:
     name: str
+    recipe: Path
     steps: int
     save_steps: int
     args: tuple[str, ...]
 
-    @property
-    def recipe(self) -> Path:
-        return ROOT / "recipes" / "tiny" / f"{self.name}.yaml"
 
-
-VIP = Stage("vip", 4, 2, ("--per_device_train_batch_size", "2", "--eval_max_samples", "2"))
+VIP = Stage(
+    "vip", ROOT / "recipes/tiny/vip.yaml", 4, 2, ("--per_device_train_batch_size", "2", "--eval_max_samples", "2")
+)
 GRPO = Stage(
     "grpo",
+    ROOT / "recipes/tiny/grpo.yaml",
     3,
     1,
     ("--per_device_train_batch_size", "2", "--num_generations", "2", "--max_completion_length", "3"),
 )
+GRPO_FULL = Stage("grpo-full", GRPO.recipe, 3, 1, (*GRPO.args, "--use_lora", "false"))
+SHAPES = ("--synth_train", "8", "--synth_curriculum", "4", "--synth_val", "2", "--synth_test", "2")
+SHAPES += ("--synth_image_size", "112", "--min_pixels", "12544", "--max_pixels", "12544")
+SFT = Stage("sft", ROOT / "recipes/mini/sft.yaml", 3, 1, (*SHAPES, "--per_device_train_batch_size", "2"))
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +232,9 @@ FAULTS = [
     (GRPO, "between rotation and marker", lambda p, out: after_rotation_deletes(p, "checkpoint-1"), 2),
     (GRPO, "inside a training step", lambda p, out: during_step(p, _grpo_trainer(), 3), 2),
     (GRPO, "during the final save", lambda p, out: during_final_save(p, out), 3),
+    (GRPO_FULL, "inside a training step", lambda p, out: during_step(p, _grpo_trainer(), 3), 2),
+    (SFT, "optimizer half-written", lambda p, out: half_written_torch_save(p, "checkpoint-2/optimizer.pt"), 1),
+    (SFT, "between rotation and marker", lambda p, out: after_rotation_deletes(p, "checkpoint-1"), 2),
 ]
 
 
