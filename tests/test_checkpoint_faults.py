@@ -61,7 +61,7 @@ def synth_dir(tmp_path_factory):
 
 
 def _train(stage: Stage, synth_dir, out: Path, *extra: str) -> int:
-    """`glimpserl train` of the stage's tiny recipe on the small synthetic set, in this process."""
+    """`glimpserl train` of the stage's recipe on small synthetic data (a few 112 px images), in this process."""
     recipe = tiny_recipe(stage.recipe, out.parent / f"{stage.name}.yaml", synth_dir, MAX_PIXELS)
     steps = ["--max_steps", str(stage.steps), "--save_steps", str(stage.save_steps), "--logging_steps", "1"]
     return main(
