@@ -36,9 +36,8 @@ def _run_visualize(args) -> int:
     import dataclasses
 
     import torch
-    from PIL import Image
 
-    from .models import GlimpseConfig, add_glimpse, load_glimpse
+    from .models import GlimpseConfig, add_glimpse, check_glimpse_checkpoint, load_glimpse
     from .models.loading import load_model, load_processor
     from .models.visualize import render_keep_mask
     from .rl.synth import make_sample
@@ -47,8 +46,10 @@ def _run_visualize(args) -> int:
         sample = make_sample(DEFAULT_QUESTION_SEED, "test", 0, image_size=448)
         image, question = sample.image, args.question or sample.question
     else:
-        image = Image.open(args.image).convert("RGB")
+        image = _read_image(args.image)
         question = args.question or "Describe the image."
+    if args.glimpse:
+        check_glimpse_checkpoint(args.glimpse)  # before the model loads
     processor = load_processor(args.model, max_pixels=args.max_pixels)
     model = load_model(args.model, dtype=args.dtype)
     if args.glimpse:
@@ -79,6 +80,23 @@ def _run_visualize(args) -> int:
     render_keep_mask(image, keep, caption).save(out_path)
     print(json.dumps({"question": question, "answer": answer, **stats, "png": str(out_path)}, indent=2))
     return 0
+
+
+def _read_image(path: str):
+    """The image file at `path` as RGB; a folder or an unreadable file is an error saying so."""
+    from PIL import Image
+
+    if Path(path).is_dir():
+        raise ValueError(f"--image {path} is a folder; give one image file.")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--image {path} does not exist.")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:  # PIL raises several types for broken files; all mean "unusable"
+        raise ValueError(
+            f"--image {path} cannot be read as an image ({type(err).__name__}: {err}); give an intact PNG or JPEG."
+        ) from None
 
 
 def _add_export(subparsers) -> None:
@@ -139,10 +157,11 @@ def _add_train(subparsers) -> None:
         "train",
         help="Train from a recipe YAML: stage 1 (vip: VIP distillation) or stage 2 (grpo: GlimpsePrune+).",
         description="Run a recipe: `glimpserl train RECIPE.yaml [--key value ...]`. Every recipe key can be "
-        "overridden on the command line; unknown keys are errors. `glimpserl train RECIPE.yaml --help-keys` lists "
-        "the keys of the recipe's stage with their help. Resume with --resume_from_checkpoint last.",
+        "overridden on the command line; unknown keys are errors. `--help-keys` (anywhere) lists the keys of the "
+        "recipe's stage with their help, or of every stage without a recipe. Resume with --resume_from_checkpoint "
+        "last.",
     )
-    p.add_argument("recipe", help="Recipe YAML, e.g. recipes/tiny/vip.yaml.")
+    p.add_argument("recipe", nargs="?", help="Recipe YAML, e.g. recipes/tiny/vip.yaml.")
     p.add_argument("--help-keys", action="store_true", help="List every key the recipe's stage accepts.")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding the recipe.")
     p.set_defaults(run=_run_train)
@@ -151,14 +170,25 @@ def _add_train(subparsers) -> None:
 def _run_train(args) -> int:
     from .rl import train
 
-    if args.help_keys:
-        from trl import TrlParser
-
-        from .rl.recipe import read_recipe, stage_classes
-
-        TrlParser(stage_classes(read_recipe(args.recipe).get("stage", "vip"))).print_help()
+    if args.help_keys or "--help-keys" in args.overrides:
+        _print_keys(args.recipe)
         return 0
+    if args.recipe is None:
+        raise ValueError("give a recipe: glimpserl train RECIPE.yaml [--key value ...] (e.g. recipes/tiny/vip.yaml)")
     return train.main([args.recipe, *args.overrides])
+
+
+def _print_keys(recipe: str | None) -> None:
+    """The keys of the recipe's stage, or of every stage, with their types, defaults and help."""
+    from trl import TrlParser
+
+    from .rl.recipe import STAGES, read_recipe, stage_classes
+
+    stages = [read_recipe(recipe).get("stage", "vip")] if recipe else list(STAGES)
+    for stage in stages:
+        usage = f"glimpserl train {recipe or 'RECIPE.yaml'} [--key value ...]   (stage: {stage})"
+        TrlParser(stage_classes(stage), prog=usage, usage=usage).print_help()
+        print()
 
 
 def _add_eval(subparsers) -> None:

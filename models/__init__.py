@@ -3,7 +3,14 @@
 from .adapter import freeze_vision, get_adapter, supported_model_types
 from .config import GlimpseConfig
 from .forward import GlimpseCacheState
-from .glimpse import add_glimpse, glimpse_module, load_glimpse, read_glimpse_config, save_glimpse
+from .glimpse import (
+    add_glimpse,
+    check_glimpse_checkpoint,
+    glimpse_module,
+    load_glimpse,
+    read_glimpse_config,
+    save_glimpse,
+)
 from .pruning import GlimpseResult
 
 __all__ = [
@@ -11,6 +18,7 @@ __all__ = [
     "GlimpseConfig",
     "GlimpseResult",
     "add_glimpse",
+    "check_glimpse_checkpoint",
     "freeze_vision",
     "get_adapter",
     "glimpse_module",

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -84,11 +85,40 @@ def save_glimpse(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 
 def read_glimpse_config(directory: str | os.PathLike) -> tuple[GlimpseConfig, dict]:
+    """(config, base-model signature) of a glimpse checkpoint; a damaged config file is an error naming it."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"No glimpse checkpoint in {directory}: {CONFIG_NAME} is missing.")
-    meta = json.loads(path.read_text())
-    return GlimpseConfig.from_dict(meta["config"]), meta.get("base", {})
+    damaged = f"{path} is damaged ({{}}): save or export the glimpse again, or point at another checkpoint."
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(damaged.format(f"not valid JSON: {err}")) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(damaged.format("no 'config' mapping"))
+    try:
+        config = GlimpseConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(damaged.format(err)) from None
+    return config, meta.get("base", {})
+
+
+def check_glimpse_checkpoint(directory: str | os.PathLike) -> GlimpseConfig:
+    """Read a glimpse checkpoint's config and check that its weights file is whole, without loading any tensor or
+    model: run before a model loads, so a damaged checkpoint fails in a second, naming the file."""
+    config, _ = read_glimpse_config(directory)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"No glimpse weights in {directory}: {WEIGHTS_NAME} is missing.")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{weights} is not a readable safetensors file ({err}): it is truncated or damaged; save or export the "
+            "glimpse again, or point at another checkpoint."
+        ) from None
+    return config
 
 
 def load_glimpse(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
@@ -96,6 +126,7 @@ def load_glimpse(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
 
     Fails with a clear message when the checkpoint was trained on a base model of a different shape.
     """
+    check_glimpse_checkpoint(directory)
     config, saved_base = read_glimpse_config(directory)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     current = get_adapter(base).signature(base)
@@ -113,6 +144,12 @@ def load_glimpse(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         module = glimpse_module(model)
     state = load_file(str(Path(directory) / WEIGHTS_NAME))
     reference = next(module.parameters())
-    module.load_state_dict({k: v.to(reference.device, reference.dtype) for k, v in state.items()}, strict=True)
+    try:
+        module.load_state_dict({k: v.to(reference.device, reference.dtype) for k, v in state.items()}, strict=True)
+    except RuntimeError as err:  # missing / unexpected tensors or shapes that disagree with its own config
+        message = str(err).splitlines()[0]
+        raise ValueError(
+            f"{Path(directory) / WEIGHTS_NAME} does not match {CONFIG_NAME} beside it: {message}"
+        ) from None
     module.config = config
     return model

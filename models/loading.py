@@ -21,6 +21,7 @@ BUILTIN_MODELS = {
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_MODELS = {"builtin:mini-qwen2_5_vl": ASSETS / "mini-qwen2_5_vl"}
 """Trained checkpoints that ship with the package (see each folder's card.json: recipe, seed, held-out accuracy)."""
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -70,10 +71,40 @@ def is_builtin(name: str) -> bool:
     return name.startswith(BUILTIN_PREFIX)
 
 
+def check_model_name(name: str, files: tuple[str, ...] = ("config.json",)) -> None:
+    """Fail in a second, before anything loads, when `name` cannot name a model: a path that does not exist or is
+    a folder without any of `files`, or a hub id while the hub is offline and not cached."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"The model name is empty ({name!r}): give a model folder, a hub id or a builtin: name.")
+    if is_builtin(name):
+        return  # the loaders know the built-in names and refuse an unknown one before building anything
+    path = Path(name).expanduser()
+    if path.exists():
+        if not any((path / file).is_file() for file in files):
+            raise ValueError(
+                f"Model {name!r} is not a model folder (no {' or '.join(files)} in it): point at a folder written "
+                "by save_pretrained, or at a run's export."
+            )
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(
+            f"Model path {name!r} does not exist (relative paths start at {Path.cwd()}): give an existing model "
+            f"folder, a hub id such as Qwen/Qwen2.5-VL-7B-Instruct, or one of {sorted(BUILTIN_MODELS)}."
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, files[0]), str):
+        raise ValueError(
+            f"Model {name!r} is neither a local folder nor in the hub cache, and the hub is offline (HF_HUB_OFFLINE "
+            "is set): give the path of a model folder, or unset HF_HUB_OFFLINE to download it."
+        )
+
+
 def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | None = None):
     """The processor for `name`; min/max_pixels bound the number of visual tokens per image."""
     from transformers import AutoProcessor
 
+    check_model_name(name, PROCESSOR_FILES)
     if is_builtin(name) and name not in SHIPPED_MODELS:
         family = _builtin_family(name)
         kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
@@ -93,6 +124,7 @@ def load_model(name: str, dtype: str = "float32", attn_implementation: str | Non
     """The base model for `name` (no glimpse attached yet), in eval mode."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    check_model_name(name)
     if name in SHIPPED_MODELS:
         name = str(shipped_path(name))
         attn_implementation = attn_implementation or "sdpa"
@@ -108,7 +140,15 @@ def load_model(name: str, dtype: str = "float32", attn_implementation: str | Non
     return AutoModelForImageTextToText.from_pretrained(name, **kwargs).eval()
 
 
-__all__ = ["builtin_model_path", "cache_dir", "is_builtin", "load_model", "load_processor", "shipped_path"]
+__all__ = [
+    "builtin_model_path",
+    "cache_dir",
+    "check_model_name",
+    "is_builtin",
+    "load_model",
+    "load_processor",
+    "shipped_path",
+]
 
 
 def shipped_path(name: str) -> Path:

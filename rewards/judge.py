@@ -1,20 +1,25 @@
 """LLM-judge correctness: an OpenAI-compatible chat endpoint grades each answer against the reference.
 
 The judge is any server speaking `POST {base_url}/chat/completions` (vLLM, SGLang, llama.cpp, TGI, OpenAI). Only
-the standard library is used. Requests run in a thread pool (`max_workers` at a time), each with a timeout and
-retries with exponential backoff on connection errors, timeouts, 429 and 5xx. An endpoint that stays unreachable
+the standard library is used. Requests run in a thread pool (`max_workers` at a time), each bounded by a total
+deadline (connecting, sending and reading the whole reply: a server that trickles bytes cannot hold it longer) and
+retried with exponential backoff on connection errors, timeouts, 429 and 5xx. An endpoint that stays unreachable
 raises `JudgeError` naming the URL and what to check; training should stop rather than learn from missing scores.
 A reply the parser cannot read scores `None` (the judge's fault, not the policy's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
+import socket
 import string
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -41,6 +46,50 @@ _NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?|\.\d+)")
 
 class JudgeError(RuntimeError):
     """The judge endpoint failed in a way retries did not fix."""
+
+
+class _Retryable(Exception):
+    """A reply worth retrying: HTTP 429 or 5xx."""
+
+
+def post_with_deadline(url: str, body: bytes, headers: dict, timeout: float) -> tuple[int, bytes]:
+    """POST `body` to `url`; returns (status, reply body). The whole exchange ends within `timeout` seconds: a
+    watchdog shuts the socket down at the deadline, which ends any read in progress (TimeoutError). Honours the
+    usual *_proxy environment variables."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    host, port = parts.hostname, parts.port
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        proxy_parts = urllib.parse.urlsplit(proxy)
+        host, port = proxy_parts.hostname, proxy_parts.port
+        target = target if https else url  # https tunnels through the proxy; plain http names the full URL
+    connection = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(host, port, timeout=timeout)
+    if https and (host, port) != (parts.hostname, parts.port):
+        connection.set_tunnel(parts.hostname, parts.port)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        connection.request("POST", target, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as error:
+        if expired.is_set():
+            raise TimeoutError(f"timed out: no complete reply within {timeout}s") from error
+        raise
+    finally:
+        watchdog.cancel()
+        connection.close()
 
 
 def parse_score(reply: str, scale: float = 1.0) -> float | None:
@@ -83,7 +132,7 @@ class LLMJudge(AnswerReward):
             `{prediction}` (the answer extracted from the completion).
         question_column: dataset column with the question; `None` takes the text of the prompt's last user turn.
         api_key_env: name of the environment variable holding the API key (sent as a Bearer token); `None`: no key.
-        timeout: seconds to wait for one reply.
+        timeout: seconds one request may take in all (connect, send, the whole reply), per attempt.
         max_retries: retries after the first attempt, waiting `backoff * 2**attempt` seconds before each.
         max_workers: requests in flight at once.
         max_tokens, temperature: sampling of the judge's reply.
@@ -137,9 +186,12 @@ class LLMJudge(AnswerReward):
         headers = {"Content-Type": "application/json"}
         if self.api_key_env is not None:
             headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env, '')}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            payload = json.loads(response.read().decode())
+        status, data = post_with_deadline(self.url, json.dumps(body).encode(), headers, self.timeout)
+        if status == 429 or status >= 500:
+            raise _Retryable(f"HTTP {status}: {data[:300].decode(errors='replace')!r}")
+        if status >= 400:
+            raise self._fatal_http_error(status, data)
+        payload = json.loads(data.decode(errors="replace"))
         try:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as error:
@@ -147,12 +199,12 @@ class LLMJudge(AnswerReward):
                 f"llm_judge: {self.url} answered without choices[0].message.content: {payload!r:.300}"
             ) from error
 
-    def _fatal_http_error(self, error: urllib.error.HTTPError) -> JudgeError:
-        detail = error.read().decode(errors="replace")[:300]
+    def _fatal_http_error(self, status: int, data: bytes) -> JudgeError:
+        detail = data.decode(errors="replace")[:300]
         hint = "check base_url (it usually ends in /v1) and the model name"
-        if error.code in (401, 403):
+        if status in (401, 403):
             hint = f"check the API key in ${self.api_key_env}" if self.api_key_env else "set api_key_env"
-        return JudgeError(f"llm_judge: {self.url} returned HTTP {error.code} ({detail!r}); {hint}.")
+        return JudgeError(f"llm_judge: {self.url} returned HTTP {status} ({detail!r}); {hint}.")
 
     def ask(self, prompt: str) -> str:
         """The judge's reply to `prompt`, retrying transient failures; raises `JudgeError` when they persist."""
@@ -162,16 +214,11 @@ class LLMJudge(AnswerReward):
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 return self._post(prompt)
-            except urllib.error.HTTPError as error:
-                if error.code != 429 and error.code < 500:
-                    raise self._fatal_http_error(error) from error
-                last_error = error
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as error:
-                last_error = error
-        reason = getattr(last_error, "reason", last_error)
+            except (_Retryable, OSError, http.client.HTTPException, json.JSONDecodeError) as error:
+                last_error = error  # OSError covers refused connections, resets and timeouts
         raise JudgeError(
             f"llm_judge: no usable reply from {self.url} after {self.max_retries + 1} attempts (timeout "
-            f"{self.timeout}s each); last error: {reason!r}. Check that the judge server is running and reachable "
+            f"{self.timeout}s each); last error: {last_error!r}. Check that the judge server is running and reachable "
             f"from this machine, that base_url is right, and that it serves model '{self.model}'."
         ) from last_error
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from trl import GRPOConfig, SFTConfig
 
-from ..models import GlimpseConfig
+from .glimpse_args import GlimpseArguments
 
 
 def _has_accelerator() -> bool:
@@ -17,8 +17,8 @@ def _has_accelerator() -> bool:
 
 
 @dataclass
-class ModelArguments:
-    """The base VLM and the glimpse attached to it."""
+class ModelArguments(GlimpseArguments):
+    """The base VLM and the glimpse attached to it (the glimpse keys come from GlimpseConfig's fields)."""
 
     model_name_or_path: str = field(
         default="builtin:tiny-qwen2_5_vl",
@@ -41,31 +41,7 @@ class ModelArguments:
     glimpse_init: str | None = field(
         default=None, metadata={"help": "Folder with glimpse weights to start from (else a fresh glimpse + VIP)."}
     )
-    glimpse_layer: int | None = field(
-        default=None, metadata={"help": "Layer K whose attention the glimpse reads (default: ~0.65 of the depth)."}
-    )
-    glimpse_threshold: float = field(default=0.5, metadata={"help": "Keep when sigmoid(VIP logit) > threshold."})
-    glimpse_max_keep_ratio: float | None = field(
-        default=None, metadata={"help": "Optional cap on the kept fraction of each image's visual tokens."}
-    )
-    glimpse_min_keep: int = field(default=1, metadata={"help": "Each image keeps at least this many tokens."})
-    vip_hidden_size: int = field(default=256, metadata={"help": "VIP width."})
-    vip_intermediate_size: int = field(default=512, metadata={"help": "VIP feed-forward width."})
-    vip_num_blocks: int = field(default=4, metadata={"help": "VIP blocks."})
-    vip_num_heads: int = field(default=4, metadata={"help": "VIP attention heads."})
     seed_model: int = field(default=0, metadata={"help": "Seed of a built-in tiny model's random weights."})
-
-    def glimpse_config(self) -> GlimpseConfig:
-        return GlimpseConfig(
-            layer=self.glimpse_layer,
-            threshold=self.glimpse_threshold,
-            max_keep_ratio=self.glimpse_max_keep_ratio,
-            min_keep=self.glimpse_min_keep,
-            vip_hidden_size=self.vip_hidden_size,
-            vip_intermediate_size=self.vip_intermediate_size,
-            vip_num_blocks=self.vip_num_blocks,
-            vip_num_heads=self.vip_num_heads,
-        )
 
 
 @dataclass

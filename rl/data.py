@@ -98,6 +98,13 @@ class DataConfig:
         default=True,
         metadata={"help": "Check every image file's integrity with PIL up front (image sizes are always read)."},
     )
+    max_aspect_ratio: float = field(
+        default=200.0,
+        metadata={
+            "help": "Largest long-side / short-side ratio of a row's images; a more elongated image makes the row "
+            "bad. Qwen2-VL-family image processors refuse images over 200."
+        },
+    )
     max_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N good rows (quick runs and debugging)."}
     )
@@ -136,6 +143,8 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive integer or None, got {value}.")
+        if not self.max_aspect_ratio >= 1.0:
+            raise ValueError(f"max_aspect_ratio must be >= 1 (long side / short side), got {self.max_aspect_ratio}.")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels}).")
         named = [self.image_column, self.question_column, self.answer_column, self.boxes_column, *self.extra_columns]
@@ -181,6 +190,15 @@ def load_vqa(config: DataConfig) -> tuple[datasets.Dataset, DataReport]:
     """
     table = read_table(config.dataset, config.split)
     root = Path(config.image_root).expanduser().resolve() if config.image_root else table.image_root
+    if not len(table.rows):
+        raise ValueError(
+            f"{table.source} holds no rows (an empty file, or a header without data); point dataset at the file "
+            "that holds the samples."
+        )
+    if table.problems and (config.on_bad_row == "error" or len(table.problems) == len(table.rows)):
+        index = min(table.problems)  # unreadable rows first: they also hide the columns the check below needs
+        message = _problem(table, index).message if config.on_bad_row == "error" else table.problems[index][1]
+        raise ValueError(f"{table.where(index)}: {message}.")
     _check_columns(table, config)
     has_boxes = config.boxes_column is not None and config.boxes_column in table.columns
     cache_dir = Path(config.image_cache_dir).expanduser() if config.image_cache_dir else default_image_cache()
@@ -194,6 +212,8 @@ def load_vqa(config: DataConfig) -> tuple[datasets.Dataset, DataReport]:
             break
         read += 1
         try:
+            if index in table.problems:
+                raise _problem(table, index)
             rows.append(_canonical_row(raw, index, root, cache_dir, has_boxes, config))
         except BadRow as bad:
             if config.on_bad_row == "error":
@@ -211,6 +231,11 @@ def load_vqa(config: DataConfig) -> tuple[datasets.Dataset, DataReport]:
     if has_boxes:
         _check_box_scale(rows, table.source, config)
     return _to_dataset(rows, config), report
+
+
+def _problem(table: RawTable, index: int) -> BadRow:
+    reason, message = table.problems[index]
+    return BadRow(reason, f"{message}, {data_rows.SKIP_HINT}")
 
 
 def _check_columns(table: RawTable, config: DataConfig) -> None:
@@ -235,6 +260,8 @@ def _check_columns(table: RawTable, config: DataConfig) -> None:
 def _canonical_row(raw: dict, index: int, root: Path | None, cache: Path, has_boxes: bool, config: DataConfig) -> dict:
     paths = data_rows.image_paths(raw.get(config.image_column), root, cache, config.image_column)
     sizes = [data_rows.image_size(path, root, config.verify_images) for path in paths]
+    for path, size in zip(paths, sizes):
+        data_rows.check_aspect_ratio(path, size, config.max_aspect_ratio)
     row = {
         "image": [str(path) for path in paths],
         "question": data_rows.text(raw.get(config.question_column), config.question_column, "empty question"),

@@ -79,6 +79,19 @@ def image_size(path: Path, root: Path | None, verify: bool) -> tuple[int, int]:
     return size
 
 
+def check_aspect_ratio(path: Path, size: tuple[int, int], limit: float) -> None:
+    """An image more elongated than `limit` (long side / short side) is refused by the image processor at the first
+    step; it is a bad row here instead."""
+    width, height = size
+    if max(width, height) > limit * min(width, height):
+        raise BadRow(
+            "extreme aspect ratio",
+            f"image {path} is {width}x{height}, {max(width, height) / max(min(width, height), 1):.0f} times longer "
+            f"than wide, over max_aspect_ratio={limit:g} (the image processor refuses it); crop or pad the image, "
+            f"{SKIP_HINT}",
+        )
+
+
 def text(value: Any, column: str, reason: str) -> str:
     if isinstance(value, str) and value.strip():
         return value.strip()

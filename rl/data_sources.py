@@ -11,7 +11,7 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ class RawTable:
     columns: list[str]
     rows: Sequence[dict[str, Any]]
     image_root: Path | None  # where relative image paths live; None when the source has no folder
-    line_numbers: list[int] | None = None  # 1-based file line per row, for .jsonl only
+    line_numbers: list[int] | None = None  # 1-based file line where each row starts (.jsonl and .csv)
+    problems: dict[int, tuple[str, str]] = field(default_factory=dict)
+    """Rows that could not be read at all: index -> (reason, message); their entry in `rows` is empty."""
 
     def where(self, index: int) -> str:
         line = f", line {self.line_numbers[index]}" if self.line_numbers else ""
@@ -37,42 +39,85 @@ class RawTable:
 
 def read_table(dataset: str, split: str) -> RawTable:
     """Dispatch on what `dataset` names: a data file, a `save_to_disk` folder, or a hub id."""
+    check_source(dataset)
     path = Path(dataset).expanduser()
     if path.is_file():
-        suffix = path.suffix.lower()
         readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
-        if suffix not in readers:
-            raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
-        return readers[suffix](path)
+        return readers[path.suffix.lower()](path)
     if path.is_dir():
         return _read_saved(path, split)
-    if path.suffix.lower() in FILE_SUFFIXES or dataset.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset {dataset!r} does not exist; check the path (relative to {Path.cwd()}).")
     return _read_hub(dataset, split)
 
 
+def check_source(dataset: str) -> None:
+    """Fail in a second when `dataset` names nothing `read_table` can read: a missing file, an unsupported file
+    type, or a hub id while the hub is offline. Reads no row."""
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in FILE_SUFFIXES:
+            raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
+        return
+    if path.is_dir():
+        return
+    if path.suffix.lower() in FILE_SUFFIXES or dataset.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"dataset {dataset!r} does not exist; check the path (relative to {Path.cwd()}).")
+    import datasets
+
+    if datasets.config.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
+        raise ValueError(
+            f"dataset {dataset!r} is neither a local file nor a folder, and the hub is offline (HF_HUB_OFFLINE or "
+            f"HF_DATASETS_OFFLINE is set). Give a path to a {'/'.join(FILE_SUFFIXES)} file or a save_to_disk "
+            f"folder, or unset the offline flag to download it."
+        )
+
+
 def _read_jsonl(path: Path) -> RawTable:
-    rows, lines = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    """One JSON object per line. A line that is not UTF-8, not JSON or not an object is a bad row of its own."""
+    rows, lines, problems = [], [], {}
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{path}: line {number} is not valid JSON ({err}); fix or delete that line."
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {number} is a {type(row).__name__}, expected a JSON object per line.")
+            row, problem = _jsonl_row(raw)
+            if problem is not None:
+                problems[len(rows)] = problem
             rows.append(row)
             lines.append(number)
-    return RawTable(str(path), _columns(rows), rows, path.parent, lines)
+    return RawTable(str(path), _columns(rows), rows, path.parent, lines, problems)
+
+
+def _jsonl_row(raw: bytes) -> tuple[dict, tuple[str, str] | None]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return {}, ("not UTF-8", _not_utf8(err, "line"))
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        return {}, ("invalid JSON", f"not valid JSON ({err}); fix or delete that line")
+    if not isinstance(row, dict):
+        return {}, ("invalid JSON", f"a JSON {type(row).__name__}; every line must be one JSON object (a sample)")
+    return row, None
+
+
+def _not_utf8(err: UnicodeDecodeError, what: str) -> str:
+    byte = err.object[err.start : err.start + 1].hex()
+    return f"the {what} is not UTF-8 (byte 0x{byte} at byte {err.start + 1}); re-save the file as UTF-8"
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file as text; a byte that is not UTF-8 is an error naming its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: {_not_utf8(err, 'file')}.") from None
 
 
 def _read_json(path: Path) -> RawTable:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err}).") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -83,11 +128,47 @@ def _read_json(path: Path) -> RawTable:
 
 
 def _read_csv(path: Path) -> RawTable:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [_decode_csv_cells(row) for row in reader]
-        columns = list(reader.fieldnames or [])
-    return RawTable(str(path), columns, rows, path.parent)
+    """Strict CSV: a quote left open is an error naming the line it opened on; a row whose cell count differs from
+    the header's (an unquoted comma, a missing cell) is a bad row, never silently merged, cut or padded."""
+    # surrogateescape keeps undecodable bytes so that only their row is bad; utf-8-sig drops an Excel BOM.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        header, rows, lines, problems = None, [], [], {}
+        start = 1
+        try:
+            for cells in reader:
+                if header is None:
+                    header = cells
+                elif cells:  # not a blank line
+                    problem = _csv_problem(cells, header)
+                    if problem is not None:
+                        problems[len(rows)] = problem
+                    rows.append({} if problem else _decode_csv_cells(dict(zip(header, cells))))
+                    lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise ValueError(
+                f"{path}: line {start}: the row starting here is not valid CSV ({err}; read up to line "
+                f"{reader.line_num}). A quote opened in a cell must close at its end: close it, or double a quote "
+                'that is part of the text ("").'
+            ) from None
+    return RawTable(str(path), list(header or []), rows, path.parent, lines, problems)
+
+
+def _csv_problem(cells: list[str], header: list[str]) -> tuple[str, str] | None:
+    if any(_has_undecodable(cell) for cell in cells):
+        return "not UTF-8", "the row holds bytes that are not UTF-8; re-save the file as UTF-8"
+    if len(cells) != len(header):
+        return (
+            "malformed CSV row",
+            f"{len(cells)} cells but the header has {len(header)} ({header}); quote cells that contain a comma "
+            "and give every column a cell",
+        )
+    return None
+
+
+def _has_undecodable(text: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in text)
 
 
 def _decode_csv_cells(row: dict[str, str]) -> dict[str, Any]:
@@ -130,12 +211,6 @@ def _read_saved(path: Path, split: str) -> RawTable:
 def _read_hub(name: str, split: str) -> RawTable:
     import datasets
 
-    if datasets.config.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
-        raise ValueError(
-            f"dataset {name!r} is neither a local file nor a folder, and the hub is offline (HF_HUB_OFFLINE or "
-            f"HF_DATASETS_OFFLINE is set). Give a path to a {'/'.join(FILE_SUFFIXES)} file or a save_to_disk "
-            f"folder, or unset the offline flag to download it."
-        )
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as err:  # the hub raises many types; all mean "could not get it"

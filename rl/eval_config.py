@@ -6,7 +6,8 @@ Light on purpose (standard library only at import): `glimpserl --help` builds ev
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 BUILTIN_MODEL = "builtin:tiny-qwen2_5_vl"
 BUILTIN_SYNTH = "builtin:synth"
@@ -20,91 +21,102 @@ DEFAULT_KEEP_RATIO = 0.25
 """Keep ratio of the baselines when no glimpse runs and --keep-ratio is not given."""
 
 
-def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument(
-        "--model",
-        default=None,
-        help=f"Base model: a folder, hub id or builtin:... (default: {BUILTIN_MODEL}). With --run: the base of a "
-        "LoRA run (default: the one its adapter config names).",
-    )
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--glimpse", default=None, help="Folder with trained glimpse weights (stage 1) for --model.")
-    weights.add_argument(
-        "--run", dest="run_dir", default=None, help="A stage-2 run folder, checkpoint or export (model + glimpse)."
-    )
-    p.add_argument(
-        "--dataset",
-        default=None,
-        help="A .jsonl/.json/.csv/.parquet file, a save_to_disk folder, a hub id, or builtin:synth / builtin:shapes. "
-        "Default: the held-out data of the run given by --glimpse / --run (its glimpserl_run.json), else builtin:synth.",
-    )
-    p.add_argument("--split", default="test", help="Split to read (builtin:synth: train or test; default: test).")
-    p.add_argument(
-        "--pruners",
-        default=None,
-        help="Comma-separated: glimpse (the trained VIP), none (unpruned), downsample (unpruned on images shrunk to the "
-        "keep ratio) and training-free selectors (gprune, fastv, divprune, cdpruner, random). A selector prunes after "
-        "the glimpse's layer K, or after its own layer with NAME@LAYER (NAME@input: before the language model, e.g. "
-        "gprune@input, fastv@0). Default: all of them at layer K, glimpse only when --glimpse or --run is given.",
-    )
-    ratio = p.add_mutually_exclusive_group()
-    ratio.add_argument("--keep-ratio", type=float, default=None, help="Fixed keep ratio in (0, 1] for the baselines.")
-    ratio.add_argument(
-        "--matched",
-        action="store_true",
-        help="Baselines keep the glimpse's measured mean keep ratio (the default when glimpse runs; otherwise the "
-        f"baselines keep {DEFAULT_KEEP_RATIO}).",
-    )
-    p.add_argument(
-        "--question-template",
-        default=None,
-        help="User-turn text after the image(s), with {question}. Default: the template the run given by --glimpse / "
-        "--run trained with (its glimpserl_run.json), else the data loader's default.",
-    )
-    p.add_argument(
-        "--system-prompt", default=None, help="System message. Default: the run's (glimpserl_run.json), else none."
-    )
-    p.add_argument("--metric", default="exact_match", help="Reward used as the metric (glimpserl.rewards registry).")
-    p.add_argument("--answer-column", default="answer", help="Dataset column with the reference answer(s).")
-    p.add_argument("--batch-size", type=int, default=8, help="Samples per generate call.")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="Greedy answer length limit.")
-    p.add_argument("--max-samples", type=int, default=None, help="Evaluate on the first N rows only.")
-    p.add_argument("--max-pixels", type=int, default=None, help="Upper bound on image pixels (processor's default).")
-    p.add_argument("--min-pixels", type=int, default=None, help="Lower bound on image pixels (processor's default).")
-    p.add_argument("--threshold", type=float, default=None, help="Override the glimpse's keep threshold.")
-    p.add_argument("--max-keep-ratio", type=float, default=None, help="Override the glimpse's cap on kept tokens.")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="Model dtype.")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the random pruner.")
-    p.add_argument("--out", default=None, help="Write the results (JSON) here.")
-    return p
+def _option(help: str, flag: str | None = None, group: str | None = None, **argparse_kwargs) -> dict:
+    """A field's command-line option: its help, its flag (default: --field-name), the mutually exclusive group it
+    belongs to, and any other argparse keywords (type, choices, action)."""
+    return {"help": help, "flag": flag, "group": group, "argparse": argparse_kwargs}
 
 
 @dataclass
 class EvalSettings:
-    """Checked settings of one evaluation; see `add_eval_arguments` for the meaning of each field."""
+    """Checked settings of one evaluation; each field is one option of `glimpserl eval`, its help beside it."""
 
-    model: str | None = None
-    glimpse: str | None = None
-    run_dir: str | None = None
-    dataset: str | None = None
-    split: str = "test"
-    pruners: list[str] | str | None = None
-    keep_ratio: float | None = None
-    matched: bool = False
-    metric: str = "exact_match"
-    answer_column: str = "answer"
-    batch_size: int = 8
-    max_new_tokens: int = 16
-    max_samples: int | None = None
-    max_pixels: int | None = None
-    min_pixels: int | None = None
-    question_template: str | None = None
-    system_prompt: str | None = None
-    threshold: float | None = None
-    max_keep_ratio: float | None = None
-    dtype: str = "float32"
-    seed: int = 0
-    out: str | None = None
+    model: str | None = field(
+        default=None,
+        metadata=_option(
+            f"Base model: a folder, hub id or builtin:... (default: {BUILTIN_MODEL}). With --run: the base of a "
+            "LoRA run (default: the one its adapter config names)."
+        ),
+    )
+    glimpse: str | None = field(
+        default=None,
+        metadata=_option("Folder with trained glimpse weights (stage 1) for --model.", group="weights"),
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata=_option(
+            "A stage-2 run folder, checkpoint or export (model + glimpse).", flag="--run", group="weights"
+        ),
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata=_option(
+            "A .jsonl/.json/.csv/.parquet file, a save_to_disk folder, a hub id, or builtin:synth / builtin:shapes. "
+            "Default: the held-out data of the run given by --glimpse / --run (its glimpserl_run.json), else "
+            "builtin:synth."
+        ),
+    )
+    split: str = field(
+        default="test", metadata=_option("Split to read (builtin:synth: train or test; default: test).")
+    )
+    pruners: list[str] | str | None = field(
+        default=None,
+        metadata=_option(
+            "Comma-separated: glimpse (the trained VIP), none (unpruned), downsample (unpruned on images shrunk to "
+            "the keep ratio) and training-free selectors (gprune, fastv, divprune, cdpruner, random). A selector "
+            "prunes after the glimpse's layer K, or after its own layer with NAME@LAYER (NAME@input: before the "
+            "language model, e.g. gprune@input, fastv@0). Default: all of them at layer K, glimpse only when "
+            "--glimpse or --run is given."
+        ),
+    )
+    keep_ratio: float | None = field(
+        default=None,
+        metadata=_option("Fixed keep ratio in (0, 1] for the baselines.", group="ratio", type=float),
+    )
+    matched: bool = field(
+        default=False,
+        metadata=_option(
+            "Baselines keep the glimpse's measured mean keep ratio (the default when glimpse runs; otherwise the "
+            f"baselines keep {DEFAULT_KEEP_RATIO}).",
+            group="ratio",
+            action="store_true",
+        ),
+    )
+    question_template: str | None = field(
+        default=None,
+        metadata=_option(
+            "User-turn text after the image(s), with {question}. Default: the template the run given by --glimpse / "
+            "--run trained with (its glimpserl_run.json), else the data loader's default."
+        ),
+    )
+    system_prompt: str | None = field(
+        default=None, metadata=_option("System message. Default: the run's (glimpserl_run.json), else none.")
+    )
+    metric: str = field(
+        default="exact_match", metadata=_option("Reward used as the metric (glimpserl.rewards registry).")
+    )
+    answer_column: str = field(default="answer", metadata=_option("Dataset column with the reference answer(s)."))
+    batch_size: int = field(default=8, metadata=_option("Samples per generate call.", type=int))
+    max_new_tokens: int = field(default=16, metadata=_option("Greedy answer length limit.", type=int))
+    max_samples: int | None = field(default=None, metadata=_option("Evaluate on the first N rows only.", type=int))
+    max_pixels: int | None = field(
+        default=None, metadata=_option("Upper bound on image pixels (processor's default).", type=int)
+    )
+    min_pixels: int | None = field(
+        default=None, metadata=_option("Lower bound on image pixels (processor's default).", type=int)
+    )
+    threshold: float | None = field(
+        default=None, metadata=_option("Override the glimpse's keep threshold.", type=float)
+    )
+    max_keep_ratio: float | None = field(
+        default=None, metadata=_option("Override the glimpse's cap on kept tokens.", type=float)
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=_option("Model dtype.", choices=["float32", "bfloat16", "float16"]),
+    )
+    seed: int = field(default=0, metadata=_option("Seed of the random pruner.", type=int))
+    out: str | None = field(default=None, metadata=_option("Write the results (JSON) here."))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalSettings:
@@ -139,6 +151,23 @@ class EvalSettings:
 
         if self.metric not in available_rewards():
             raise ValueError(f"unknown --metric {self.metric!r}; valid metrics: {', '.join(available_rewards())}.")
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """The model, weights and data named, checked without loading them (a model load takes minutes)."""
+        from ..models import check_glimpse_checkpoint
+        from ..models.loading import check_model_name
+        from .data_sources import check_source
+        from .export import inspect_run
+
+        if self.model:
+            check_model_name(self.model)
+        if self.glimpse:
+            check_glimpse_checkpoint(self.glimpse)
+        if self.run_dir:
+            inspect_run(self.run_dir)
+        if not self.dataset.startswith("builtin:"):
+            check_source(self.dataset)
 
     def _follow_run_card(self) -> None:
         """Fill what was not given from the run's glimpserl_run.json: the model, held-out data, prompt and pixels."""
@@ -202,3 +231,17 @@ def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str
                 )
     names = list(dict.fromkeys(names))  # duplicates would only run twice
     return sorted(names, key=lambda n: n != GLIMPSE)
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """One option per EvalSettings field, with the help, flag and group its metadata gives."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in dataclasses.fields(EvalSettings):
+        option, target = f.metadata, p
+        if option["group"] is not None:
+            if option["group"] not in groups:
+                groups[option["group"]] = p.add_mutually_exclusive_group()
+            target = groups[option["group"]]
+        flag = option["flag"] or "--" + f.name.replace("_", "-")
+        target.add_argument(flag, dest=f.name, default=f.default, help=option["help"], **option["argparse"])
+    return p

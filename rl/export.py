@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Literal
 
 from safetensors import SafetensorError, safe_open
 
-from ..models import load_glimpse, read_glimpse_config, save_glimpse
+from ..models import check_glimpse_checkpoint, load_glimpse, read_glimpse_config, save_glimpse
 from ..models.glimpse import CONFIG_NAME as GLIMPSE_CONFIG
 from ..models.glimpse import WEIGHTS_NAME as GLIMPSE_WEIGHTS
 from ..models.loading import load_model, load_processor
@@ -55,6 +56,8 @@ PROCESSOR_FILES = (
     "chat_template.json",
 )
 PROCESSOR_MARKERS = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-[0-9a-f]{8}$")
+"""Hidden folders beside an export while it is written (`partial`) or replaced (`old`)."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,19 @@ def inspect_run(path: str | os.PathLike, base: str | None = None) -> RunFolder:
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"Run folder {folder} does not exist (or is not a folder).")
+    staging = STAGING.match(folder.name)
+    if staging:
+        raise ValueError(
+            f"{folder} is an unfinished export (a staging folder that an interrupted `glimpserl export` left "
+            f"behind), not a run. Export again to {folder.parent / staging['name']}; that also removes it."
+        )
     missing = [name for name in (GLIMPSE_WEIGHTS, GLIMPSE_CONFIG) if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{folder} has no glimpse weights ({' and '.join(missing)} missing; save_glimpse writes both). Point at "
             "a stage-2 run folder or one of its checkpoint-N folders."
         )
+    check_glimpse_checkpoint(folder)  # a damaged glimpse fails here, before any model loads
     has_adapter = (folder / ADAPTER_CONFIG).is_file()
     has_full = (folder / MODEL_CONFIG).is_file() and any((folder / name).is_file() for name in FULL_WEIGHTS)
     if has_adapter and has_full:
@@ -125,6 +135,7 @@ def export_run(
     """
     run = inspect_run(run_dir, base)
     out = Path(out_dir)
+    _clear_leftovers(out)
     _check_out_dir(out, run.path, overwrite)
     if dtype is not None and run.kind == "adapter" and not merge:
         raise ValueError("--dtype applies to merged and full-weight exports; an adapter export copies the adapter.")
@@ -177,7 +188,7 @@ def _load_weights(run: RunFolder, dtype: str, merge: bool):
     # The glimpse goes on before the adapter so that the adapter wraps the same module tree it was trained on.
     try:
         base = load_model(run.base, dtype=dtype)
-    except OSError as err:  # a training machine's path or an unreachable hub id
+    except (OSError, ValueError) as err:  # a training machine's path or an unreachable hub id
         raise FileNotFoundError(
             f"Cannot load the base model {run.base!r} of {run.path} ({err}); pass --base."
         ) from err
@@ -193,6 +204,19 @@ def _check_out_dir(out: Path, run: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} exists and is not a folder.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it.")
+
+
+def _clear_leftovers(out: Path) -> None:
+    """Remove what an export to `out` killed midway left: its staging folder, and the previous export it was
+    replacing (put back in place when the kill came between the two renames)."""
+    for leftover in sorted(out.parent.glob(f".{out.name}.*-*")):
+        match = STAGING.match(leftover.name)
+        if not match or match["name"] != out.name:
+            continue
+        if match["kind"] == "old" and not out.exists():
+            leftover.rename(out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager

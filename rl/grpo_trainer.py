@@ -16,6 +16,7 @@ Every rollout and every log-prob pass runs the pruned model with ONE keep mask p
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,20 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
                     ref, temperature=self.temperature, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32
                 )
 
+    # ---- the rollout-mask noise resumes with the run --------------------------------------------------------------
+
+    def _noise_file(self, folder) -> Path:
+        return Path(folder) / f"glimpse_mask_noise_{self.args.process_index}.pt"
+
+    def _save_rng_state(self, output_dir) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save(self._noise.get_state(), self._noise_file(output_dir))
+
+    def _load_rng_state(self, checkpoint) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is not None and self._noise_file(checkpoint).is_file():
+            self._noise.set_state(torch.load(self._noise_file(checkpoint), weights_only=True))
+
     # ---- rollouts ---------------------------------------------------------------------------------------------
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -155,7 +170,16 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
             if len(facts["prune_ratio"]) != len(inputs):
                 raise RuntimeError(f"Captured {len(facts['prune_ratio'])} rollout masks for {len(inputs)} rollouts.")
             inputs = [{**x, **{k: v[i] for k, v in facts.items()}} for i, x in enumerate(inputs)]
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if torch.isnan(rewards).all():  # gathered: every rank sees the same batch and stops alike
+            raise ValueError(
+                f"Every reward ({', '.join(self.reward_func_names)}) returned None for all {rewards.shape[0]} "
+                "completions of this batch, so training would learn nothing from it. A reward returns None for a row "
+                "it does not apply to (no reference in its answer column) or cannot score (an llm_judge reply "
+                "without a score; see rewards/<name>/unparsed): fix the data columns or the reward parameters, or "
+                "add a reward that scores every row."
+            )
+        return rewards
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from trl import TrlParser
+from .recipe_checks import load_yaml, parse_checked
 
 STAGES = ("sft", "vip", "grpo")
 
@@ -42,7 +41,7 @@ def read_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {path} does not exist.")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"Recipe {path} must be a YAML mapping of config keys to values.")
     stage = data.get("stage", "vip")
@@ -63,12 +62,13 @@ def check_keys(keys, classes: tuple[type, ...], where: str) -> None:
             )
 
 
-def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple:
-    """Parse a recipe + overrides into the stage's config dataclasses (RecipeArguments first)."""
+def parse_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> tuple:
+    """Parse a recipe + overrides into the stage's config dataclasses (RecipeArguments first), fully checked;
+    check_files=False skips the model, data and glimpse_init paths (a recipe written for another machine)."""
     overrides = list(overrides or [])
     data = read_recipe(path)
     classes = stage_classes(data.get("stage", "vip"))
     check_keys(data, classes, f"Recipe {path}")
     flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in overrides if a.startswith("--")]
     check_keys(flags, classes, "Command line")
-    return TrlParser(classes).parse_args_and_config(args=["--config", str(path), *overrides])
+    return parse_checked(Path(path), data, classes, overrides, check_files)

@@ -3,7 +3,7 @@
 The same VQA rows as the other stages, batched by `GlimpseCollator` (left-padded prompt, answer, labels only on the
 answer and its end-of-turn token). No glimpse is attached: this adapts (or, for the built-in mini model, teaches) the
 base model that stage 1 later prunes. Overridden hook: `compute_loss`, only to hand the model its own inputs (the
-collator's box and size fields are for stage 1).
+collator's box and size fields are for stage 1); checkpoints carry the completion marker (`CompleteCheckpointMixin`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 from trl import SFTTrainer
 
 from ..models import freeze_vision
+from .checkpoint import CompleteCheckpointMixin
 from .collate import GlimpseCollator
 from .configs import VLMSFTConfig
 from .vip_trainer import MODEL_INPUTS
 
 
-class VLMSFTTrainer(SFTTrainer):
+class VLMSFTTrainer(CompleteCheckpointMixin, SFTTrainer):
     def __init__(self, model, args: VLMSFTConfig, train_dataset, processing_class, callbacks=None):
         peft_config = args.peft_config(model)
         if peft_config is None and args.freeze_vision:

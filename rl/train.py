@@ -62,17 +62,9 @@ def resolve_data(data_args, train_args):
 
 def resume_point(train_args) -> str | None:
     """resume_from_checkpoint: a folder, or `last` / `true` for the newest COMPLETE checkpoint in output_dir."""
-    from .checkpoint import last_complete_checkpoint
+    from .checkpoint import resume_checkpoint
 
-    value = train_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "false", "none"):
-        return None
-    if str(value).lower() in ("last", "true"):
-        found = last_complete_checkpoint(train_args.output_dir)
-        if found is None:
-            logger.warning("No complete checkpoint in %s; starting from scratch.", train_args.output_dir)
-        return found
-    return str(value)
+    return resume_checkpoint(train_args.output_dir, train_args.resume_from_checkpoint)
 
 
 def _report(results: dict, train_args, is_main: bool) -> None:

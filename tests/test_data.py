@@ -230,7 +230,7 @@ def test_config_errors_say_what_to_change(tmp_path):
     with pytest.raises(ValueError, match="unsupported file type"):
         load_vqa(DataConfig(dataset=str(tmp_path / "d.txt")))
     (tmp_path / "bad.jsonl").write_text('{"image": "a.png"}\nnot json\n')
-    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
         load_vqa(DataConfig(dataset=str(tmp_path / "bad.jsonl")))
 
 
@@ -299,3 +299,78 @@ def test_check_prompt_fits_catches_cut_image_tokens(folder, processor):
         with pytest.raises(ValueError, match=r"row 0: .* image tokens; cutting it to max_length=10") as err:
             check_prompt_fits(processor, sample, None, max_length=10, truncation_side=side)
         assert f"at least {length}" in str(err.value)
+
+
+def test_csv_unclosed_quote_is_an_error_naming_its_line(folder):
+    """Python's lenient CSV reading merged every line after an unclosed quote into one question."""
+    text = (
+        "image,question,answer\n"
+        "img/0.png,What colour?,red\n"
+        'img/1.png,"Which one?,green\n'
+        "img/2.png,How many?,2\n"
+        "img/0.png,What colour?,red\n"
+    )
+    (folder / "q.csv").write_text(text)
+    for mode in ("error", "skip"):
+        with pytest.raises(ValueError, match=r"q\.csv: line 3: .*not valid CSV.*close it"):
+            load_vqa(DataConfig(dataset=str(folder / "q.csv"), on_bad_row=mode))
+
+
+def test_csv_row_with_extra_or_missing_cells_is_a_bad_row(folder):
+    text = (
+        "image,question,answer\n"
+        "img/0.png,What colour?,red\n"
+        "img/1.png,Which one, the left?,green\n"
+        "img/2.png,How many?\n"
+        "img/0.png,What colour?,red\n"
+    )
+    (folder / "c.csv").write_text(text)
+    _fails_csv = pytest.raises(ValueError, match=r"c\.csv: row 1, line 3: 4 cells but the header has 3")
+    with _fails_csv:
+        load_vqa(DataConfig(dataset=str(folder / "c.csv")))
+    dataset, report = load_vqa(DataConfig(dataset=str(folder / "c.csv"), on_bad_row="skip"))
+    assert dataset["source_row"] == [0, 3] and dataset["question"] == ["What colour?", "What colour?"]
+    assert (report.rows_read, report.skipped) == (4, {"malformed CSV row": 2})
+    assert "skipped 2 of 4 rows" in report.summary()
+
+
+def test_csv_quoted_cells_with_commas_and_newlines_still_load(folder):
+    text = 'image,question,answer\nimg/0.png,"Left, or right?",red\nimg/1.png,"Two\nlines",green\n\ufeff'
+    (folder / "ok.csv").write_bytes(("\ufeff" + text[:-1]).encode())  # an Excel BOM before the header
+    dataset, report = load_vqa(DataConfig(dataset=str(folder / "ok.csv")))
+    assert dataset["question"] == ["Left, or right?", "Two\nlines"] and report.rows_kept == 2
+
+
+def test_non_utf8_jsonl_line_names_file_and_line(folder):
+    lines = [json.dumps(row).encode() for row in ROWS[:2]]
+    lines.insert(1, b'{"image": "img/0.png", "question": "caf\xe9?", "answer": "x"}')
+    (folder / "latin.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError, match=r"latin\.jsonl: row 1, line 2: the line is not UTF-8 \(byte 0xe9"):
+        load_vqa(DataConfig(dataset=str(folder / "latin.jsonl")))
+    dataset, report = load_vqa(DataConfig(dataset=str(folder / "latin.jsonl"), on_bad_row="skip"))
+    assert dataset["source_row"] == [0, 2] and report.skipped == {"not UTF-8": 1}
+
+
+def test_non_utf8_csv_cell_names_the_row(folder):
+    (folder / "latin.csv").write_bytes(b"image,question,answer\nimg/0.png,caf\xe9?,red\nimg/1.png,ok?,green\n")
+    with pytest.raises(ValueError, match=r"latin\.csv: row 0, line 2: the row holds bytes that are not UTF-8"):
+        load_vqa(DataConfig(dataset=str(folder / "latin.csv")))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"), [("e.jsonl", ""), ("e.jsonl", "\n\n"), ("e.csv", "image,question,answer\n")]
+)
+def test_empty_dataset_file_says_it_is_empty(folder, name, content):
+    (folder / name).write_text(content)
+    with pytest.raises(ValueError, match=rf"{name} holds no rows \(an empty file"):
+        load_vqa(DataConfig(dataset=str(folder / name)))
+
+
+def test_extreme_aspect_ratio_is_a_bad_row(folder):
+    Image.new("RGB", (2000, 5), "red").save(folder / "img" / "strip.png")
+    rows = [ROWS[0], {**ROWS[0], "image": "img/strip.png", "boxes": []}, ROWS[1]]
+    _fails(folder, rows, "row 1", "strip.png is 2000x5", "max_aspect_ratio=200")
+    dataset, report = load_vqa(DataConfig(dataset=str(_jsonl(folder / "s.jsonl", rows)), on_bad_row="skip"))
+    assert dataset["source_row"] == [0, 2] and report.skipped == {"extreme aspect ratio": 1}
+    dataset, _ = load_vqa(DataConfig(dataset=str(folder / "s.jsonl"), max_aspect_ratio=500))
+    assert len(dataset) == 3

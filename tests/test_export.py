@@ -199,3 +199,14 @@ def test_failed_export_leaves_nothing_behind(lora_run, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         export.export_run(lora_run["run"], out, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "keep.txt").read_text() == "old"
+
+
+def test_export_killed_between_its_renames_puts_the_previous_export_back(lora_run, tmp_path, capsys):
+    """A kill after the previous export was moved aside and before the new one took its place leaves only the hidden
+    `.old` folder; the next export puts it back (and still asks for --overwrite before replacing it)."""
+    out = tmp_path / "out"
+    assert main(["export", str(lora_run["run"]), "--out", str(out)]) == 0
+    aside = tmp_path / ".out.old-0123abcd"
+    out.rename(aside)  # the state such a kill leaves
+    assert "--overwrite" in _error(["export", str(lora_run["run"]), "--out", str(out)], capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and export.inspect_run(out).kind == "adapter"

@@ -29,6 +29,16 @@ if "record_pruning" not in available_rewards():
             return [0.0] * len(completions)
 
 
+if "never_applies" not in available_rewards():
+
+    @register("never_applies")
+    class NeverApplies(Reward):
+        """Test reward: None for every completion, as a judge whose replies hold no score."""
+
+        def __call__(self, completions, **kwargs):
+            return [None] * len(completions)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = write_synth(tmp_path_factory.mktemp("synth"), n_train=8, n_test=2, image_size=112, seed=0)
@@ -180,3 +190,10 @@ def test_wandb_completions_table_with_image_prompts(dataset, tmp_path, monkeypat
     table = pd.read_parquet(tmp_path / "run" / "completions" / "completions_00001.parquet")
     assert all(isinstance(p, str) and "<image>" in p for p in table["prompt"])
     assert "glimpse/prune_ratio" in trainer.state.log_history[0]
+
+
+def test_a_batch_without_any_reward_is_an_error(dataset, tmp_path):
+    """TRL only warns when every reward is None; the step would then train on nothing."""
+    trainer = _trainer(dataset, tmp_path, max_steps=1, rewards=["never_applies", {"name": "never_applies"}])
+    with pytest.raises(ValueError, match=r"Every reward \(never_applies, never_applies_2\) returned None for all 4"):
+        trainer.train()

@@ -9,7 +9,14 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from glimpserl.rl.configs import GlimpseGRPOConfig, VIPTrainingConfig, VLMSFTConfig
 
 OVERRIDDEN = {
-    SFTTrainer: ["compute_loss", "save_model", "_load_from_checkpoint", "_save_checkpoint"],
+    SFTTrainer: [
+        "compute_loss",
+        "save_model",
+        "_load_from_checkpoint",
+        "_save_checkpoint",
+        "train",
+        "_init_training_state",
+    ],
     GRPOTrainer: [
         "_generate_single_turn",
         "_calculate_rewards",
@@ -19,6 +26,10 @@ OVERRIDDEN = {
         "log",
         "save_model",
         "_save_checkpoint",
+        "train",
+        "_init_training_state",
+        "_save_rng_state",
+        "_load_rng_state",
     ],
 }
 
@@ -29,6 +40,8 @@ def test_overridden_trainer_hooks_exist(cls, name):
 
 
 def test_hook_signatures_we_depend_on():
+    params = list(inspect.signature(SFTTrainer._init_training_state).parameters)
+    assert params[1:4] == ["max_steps", "num_update_steps_per_epoch", "num_train_epochs"]
     params = inspect.signature(GRPOTrainer._generate_single_turn).parameters
     assert list(params)[1:5] == ["prompt_ids", "images", "multimodal_fields", "num_generations"]
     params = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters

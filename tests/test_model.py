@@ -131,7 +131,8 @@ def test_training_forward_with_completion_matches_generation(tiny_processor):
         full["attention_mask"] = torch.cat(
             [inputs["attention_mask"], torch.ones_like(gen.sequences[:, prompt_len:])], dim=1
         )
-        full.pop("mm_token_type_ids", None)
+        completion = torch.zeros_like(gen.sequences[:, prompt_len:])  # text, as TRL extends them
+        full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], completion], dim=1)
         out = model(**full, glimpse_prompt_length=prompt_len)
     step_logits = out.logits[:, -7:-1]
     scores = torch.stack(gen.scores, dim=1)
@@ -308,3 +309,75 @@ def test_config_rejects_bad_values():
     model = build_tiny_model("qwen2_5_vl")
     with pytest.raises(ValueError, match="layer=3 is outside"):
         add_glimpse(model, GlimpseConfig(layer=3))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_raw_inputs_without_mm_token_type_ids_behave_as_vanilla(request, family):
+    """Inputs built by hand may lack mm_token_type_ids: the glimpse path then places tokens exactly as the vanilla
+    model does (Qwen2.5-VL: plain text positions), or refuses them as it does (Qwen2-VL)."""
+    inputs = _ragged(_processor(request, family))
+    del inputs["mm_token_type_ids"]
+    model = build_tiny_model(family, seed=0).eval()
+    try:
+        with torch.no_grad():
+            ref = model(**inputs).logits
+    except ValueError as err:
+        add_glimpse(model, GlimpseConfig(threshold=0.0))
+        with pytest.raises(ValueError, match="mm_token_type_ids"):
+            model(**inputs)
+        assert "mm_token_type_ids" in str(err)
+        return
+    add_glimpse(model, GlimpseConfig(threshold=0.0))
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.glimpse.keep_ratio.tolist() == [1.0, 1.0]
+    assert (out.logits - ref).abs().max() <= 1e-4
+
+
+def test_damaged_glimpse_checkpoint_names_the_file(tmp_path):
+    import json
+
+    model = _glimpse_model("qwen2_5_vl")
+    good = save_glimpse(model, tmp_path / "good")
+    weights = (good / "glimpse.safetensors").read_bytes()
+    config = json.loads((good / "glimpse_config.json").read_text())
+    intact = json.dumps(config)
+
+    def damaged(name, weights_bytes=weights, config_text=intact):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "glimpse.safetensors").write_bytes(weights_bytes)
+        (folder / "glimpse_config.json").write_text(config_text)
+        return folder
+
+    cases = [
+        (damaged("cut", weights_bytes=weights[: len(weights) // 2]), r"cut/glimpse\.safetensors is not a readable"),
+        (damaged("json", config_text='{"config": {"layer": 2,'), r"json/glimpse_config\.json is damaged \(not valid"),
+        (
+            damaged("keys", config_text=json.dumps({"format": 1})),
+            r"keys/glimpse_config\.json is damaged \(no 'config'",
+        ),
+        (
+            damaged(
+                "shape", config_text=json.dumps({**config, "config": {**config["config"], "vip_hidden_size": 64}})
+            ),
+            r"shape/glimpse\.safetensors does not match glimpse_config\.json",
+        ),
+    ]
+    for folder, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_glimpse(build_tiny_model("qwen2_5_vl", seed=0), folder)
+
+
+def test_model_names_that_cannot_load_fail_before_loading(tmp_path):
+    from glimpserl.models.loading import load_model, load_processor
+
+    for load in (load_model, load_processor):
+        with pytest.raises(FileNotFoundError, match=r"Model path '/nonexistent/qwen-vl' does not exist"):
+            load("/nonexistent/qwen-vl")
+        with pytest.raises(ValueError, match=r"'someone/some-vlm' is neither a local folder nor in the hub cache"):
+            load("someone/some-vlm")
+        with pytest.raises(ValueError, match="is not a model folder"):
+            load(str(tmp_path))
+        with pytest.raises(ValueError, match="Unknown built-in model"):
+            load("builtin:tiny-llama")

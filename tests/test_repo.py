@@ -30,9 +30,10 @@ def test_ci_runs_the_readme_test_command():
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml")))
 def test_every_shipped_recipe_parses(recipe):
-    # GPU recipes ask for bf16, which transformers only accepts on this CPU machine with use_cpu.
+    # GPU recipes ask for bf16, which transformers only accepts on this CPU machine with use_cpu. Only the tiny
+    # recipes' paths exist here: the others name a cluster's files or an earlier run's output (glimpse_init).
     overrides = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
-    parsed = parse_recipe(ROOT / recipe, overrides)
+    parsed = parse_recipe(ROOT / recipe, overrides, check_files="tiny" in recipe)
     assert parsed[0].stage in ("sft", "vip", "grpo")
 
 

@@ -29,6 +29,8 @@ class FakeJudge(BaseHTTPRequestHandler):
             server.failures_left -= 1
         if server.behaviour == "slow":
             time.sleep(1.0)
+        if server.behaviour.startswith("trickle"):
+            return self._trickle(server.behaviour == "trickle_headers")
         if server.behaviour == "unauthorized":
             return self._send(401, {"error": "bad key"})
         if failures_left > 0:
@@ -45,6 +47,22 @@ class FakeJudge(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left: expected in the slow test
+            pass
+
+    def _trickle(self, headers_too: bool) -> None:
+        """One byte every 0.1 s for 4 s: each read is quick, the reply never ends in time."""
+        reply = json.dumps({"choices": [{"message": {"content": "Yes." + " " * 40}}]}).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(reply)}\r\n\r\n".encode()
+        if not headers_too:
+            self.wfile.write(head)
+            head = b""
+        try:
+            for i, byte in enumerate(head + reply):
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                if i < 40:
+                    time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
             pass
 
     def log_message(self, *args):  # keep test output quiet
@@ -151,3 +169,15 @@ def test_judge_missing_api_key_fails_at_build_time(monkeypatch):
     monkeypatch.delenv("TEST_JUDGE_KEY", raising=False)
     with pytest.raises(ValueError, match="TEST_JUDGE_KEY"):
         judge("http://127.0.0.1:1/v1", api_key_env="TEST_JUDGE_KEY")
+
+
+@pytest.mark.parametrize("behaviour", ["trickle_body", "trickle_headers"])
+def test_judge_timeout_bounds_the_whole_request(judge_server, behaviour):
+    """A server that sends one byte every 0.1 s answers every socket read in time; the request must still end at
+    its deadline (0.3 s), not when the server is done (4 s per attempt)."""
+    judge_server.behaviour = behaviour
+    reward = judge(url_of(judge_server), timeout=0.3, max_retries=1)
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match=r"after 2 attempts \(timeout 0.3s each\).*no complete reply within 0.3s"):
+        reward(completions=completions("cat"), answer=["cat"])
+    assert time.monotonic() - start < 1.5

@@ -115,20 +115,24 @@ class Qwen2VLAdapter(VLMAdapter):
         inputs_embeds = inputs_embeds.masked_scatter(
             visual_mask[..., None].to(inputs_embeds.device), embeds.to(inputs_embeds.dtype)
         )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
-            if mm_token_type_ids is None:
-                mm_token_type_ids = visual_mask.int()
-            position_ids, rope_deltas = inner.get_rope_index(
-                input_ids,
-                mm_token_type_ids=mm_token_type_ids,
+            # Exactly the vanilla model's positions, including its handling of inputs without mm_token_type_ids.
+            position_ids = inner.compute_3d_position_ids(
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
                 image_grid_thw=image_grid_thw,
+                video_grid_thw=None,
                 attention_mask=attention_mask,
+                cache=None,
+                mm_token_type_ids=mm_token_type_ids,
             )
-            inner.rope_deltas = rope_deltas
+        if position_ids is None:  # the vanilla text model then counts positions 0, 1, 2, ...
+            batch, seq = input_ids.shape
+            position_ids = torch.arange(seq, device=input_ids.device).view(1, 1, -1).expand(3, batch, -1)
         elif position_ids.shape[0] == 4:  # generate prepends text positions used only for packed masks
             position_ids = position_ids[1:]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         rows, cols, token_mask = _grid_coords(image_grid_thw, merge, max(expected))
         return GlimpseInputs(
             inputs_embeds=inputs_embeds,
