@@ -56,7 +56,11 @@ def summary_lines(report: dict) -> list[str]:
         f"({glimpse['kept_tokens']:.1f} of {glimpse['visual_tokens']:.0f}); prefill {glimpse['prefill_ratio']:.2f}x",
     ]
     same = [r for r in rows if r["layer"] == str(report["layer"]) and r["family"] not in ("glimpse",)]
-    same = [r for r in same if r["target_keep_ratio"] is not None and abs(r["target_keep_ratio"] - glimpse["keep_ratio"]) < 1e-9]
+    same = [
+        r
+        for r in same
+        if r["target_keep_ratio"] is not None and abs(r["target_keep_ratio"] - glimpse["keep_ratio"]) < 1e-9
+    ]
     for row in same:
         lines.append(f"  at the same layer and keep ratio, {row['label']}: {row['metric']:.3f}")
     for label in ("GlimpsePrune (KL only)", "GlimpsePrune+"):
@@ -79,11 +83,15 @@ def plot(report: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     families = sorted({r["family"] for r in rows} - {"unpruned"})
     for family in families:
-        at_k = sorted((r for r in rows if r["family"] == family and r["layer"] in (k, "-")), key=lambda r: r["keep_ratio"])
+        at_k = sorted(
+            (r for r in rows if r["family"] == family and r["layer"] in (k, "-")), key=lambda r: r["keep_ratio"]
+        )
         if at_k:
             marker = "*" if family.startswith("glimpse") else "o"
             left.plot([r["keep_ratio"] for r in at_k], [r["metric"] for r in at_k], marker=marker, label=family)
-        native = [r for r in rows if r["family"] == family and (r["layer"] not in (k,) or family.startswith("glimpse"))]
+        native = [
+            r for r in rows if r["family"] == family and (r["layer"] not in (k,) or family.startswith("glimpse"))
+        ]
         if native:
             right.scatter([r["prefill_ratio"] for r in native], [r["metric"] for r in native], label=family, s=30)
     base = rows[0]["metric"]

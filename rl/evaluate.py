@@ -34,6 +34,8 @@ from .eval_config import BUILTIN_MODEL, DOWNSAMPLE, GLIMPSE, UNPRUNED, EvalSetti
 from .eval_report import arm_summary, markdown_table
 
 logger = logging.getLogger("glimpserl")
+
+
 def _synth_defaults(task: str) -> dict:
     """The built-in set a recipe gets when it leaves every synth_* key at its default (SynthArguments)."""
     from .configs import SynthArguments

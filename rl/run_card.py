@@ -47,7 +47,9 @@ def read_run_card(folder: str | Path) -> dict | None:
     try:
         card = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it or re-run the training to rewrite it.") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); delete it or re-run the training to rewrite it."
+        ) from None
     if not isinstance(card, dict) or not isinstance(card.get("data"), dict):
         raise ValueError(f"{path} is not a glimpserl run card (no 'data' mapping); delete it or re-run the training.")
     return card
