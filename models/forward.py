@@ -141,8 +141,8 @@ def _prompt_with_glimpse(
     The glimpse (and, with keep_kv, a completion later) reads the rotated prompt keys/values each layer computed
     itself: from the generation cache, or from a private one the layer fills in a pass without cache. With a
     training-free `pruner` the glimpse does not run; FastV-style pruners get the last prompt token's attention at
-    layer K instead. Returns (prompt states after layer K, each layer's prompt (keys, values) if keep_kv, rotary
-    tables, read-out [batch, heads, prompt] or None, last-token attention [batch, prompt] or None).
+    layer K instead. Returns (prompt states after layer K, each layer's prompt (keys, values) if keep_kv, read-out
+    [batch, heads, prompt] or None, last-token attention [batch, prompt] or None).
     """
     cfg = glimpse.config
     k_layer = cut_layer(glimpse, pruner)
@@ -155,16 +155,20 @@ def _prompt_with_glimpse(
     g_bias = torch.zeros(attention_mask.shape, device=h.device).masked_fill(attention_mask == 0, float("-inf"))
     g_mask = attention_mask.new_ones(h.shape[0], 1)
     g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if run_glimpse else None
-    store = cache
+    store = None  # the private cache of a pass without one, created when first needed
     layer_kv, readout, attn_last = [], None, None
     for idx in range(k_layer + 1):
         layer = text_model.layers[idx]
         h_in = h
         fastv = pruner is not None and idx == k_layer and pruner.needs_attn_last
         needs_kv = keep_kv or run_glimpse or fastv
-        if store is None and needs_kv:
-            store = DynamicCache(config=text_model.config)
-        filled = store if cache is not None or (needs_kv and not _checkpointed(layer)) else None
+        if cache is not None:
+            filled = cache
+        elif needs_kv and not _checkpointed(layer):
+            store = store if store is not None else DynamicCache(config=text_model.config)
+            filled = store
+        else:
+            filled = None
         h = _run_layers(text_model, [idx], h, mask, rope, filled, use_cache, **kwargs)
         if not needs_kv:
             continue
@@ -184,7 +188,7 @@ def _prompt_with_glimpse(
             g = side_layer_step(layer, g, g_rope, g_mask, kv, g_bias, rotary)
         else:
             readout = glimpse_readout(layer, g, h_in, rope, g_rope, attention_mask, rotary, cfg.readout, kv[0])
-    return h, layer_kv, rope, readout, attn_last
+    return h, layer_kv, readout, attn_last
 
 
 def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None, pruner=None, attn_last=None):
@@ -268,7 +272,7 @@ def pruned_decoder_forward(
         cache = DynamicCache(config=text_model.config)
 
     run_glimpse = pruner is None and (keep is None or vip_logits)
-    h, prompt_kv, _, readout, attn_last = _prompt_with_glimpse(
+    h, prompt_kv, readout, attn_last = _prompt_with_glimpse(
         text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, run_glimpse, pruner, **kwargs
     )
     keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise, pruner, attn_last)
