@@ -321,12 +321,13 @@ def pruned_decoder_forward(
         )
     rope = text_model.rotary_emb(h, position_ids)
     h = _run_layers(text_model, range(k_layer + 1, len(text_model.layers)), h, mask, rope, cache, use_cache, **kwargs)
-    h = text_model.norm(h)
     if mode == "prune" and prompt < seq:
         # Back to the input's columns, where a caller's labels [batch, seq] are (TRL's fused LM head shifts them
         # against these states): the last kept prompt token predicts the completion's first token, as in generation.
         tail = seq - prompt + 1
-        h = torch.nn.functional.pad(h[:, -tail:], (0, 0, seq - tail, 0))
+        h = torch.nn.functional.pad(text_model.norm(h[:, -tail:]), (0, 0, seq - tail, 0))
+    else:
+        h = text_model.norm(h)
     if cache is not None:
         next_position = inputs.position_ids[0, :, prompt - 1] + 1
         cache.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position)

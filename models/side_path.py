@@ -56,16 +56,19 @@ def side_layer_step(layer, x, x_rope, x_mask, prompt_kv, prompt_bias, rotary):
     normed = layer.input_layernorm(x)
     q = _query(attn, normed, *x_rope, rotary)
     k_x, v_x = _keys(attn, normed, *x_rope, rotary), _values(attn, normed)
-    k = torch.cat([prompt_kv[0], k_x], dim=2)
-    v = torch.cat([prompt_kv[1], v_x], dim=2)
+    k_prompt, v_prompt = prompt_kv
+    kv_heads, prompt = k_prompt.shape[1], k_prompt.shape[2]
     batch, heads, side, head_dim = q.shape
     eye = torch.eye(side, dtype=torch.bool, device=x.device)
     causal = (torch.ones_like(eye).tril() & x_mask.bool()[:, None, :]) | eye
     side_bias = torch.zeros(causal.shape, device=x.device).masked_fill(~causal, float("-inf"))
     bias = torch.cat([prompt_bias.float()[:, None, :].expand(-1, side, -1), side_bias], dim=-1)
-    scores = (_grouped(q, k.shape[1]) @ k.transpose(-1, -2)).float().view(batch, heads, side, -1)
-    probs = (scores * attn.scaling + bias[:, None]).softmax(-1).to(v.dtype)
-    out = (_grouped(probs, k.shape[1]) @ v).view(batch, heads, side, head_dim)
+    # Prompt and side keys/values stay apart (no concatenated copy of the prompt's): only the small scores are joined.
+    grouped_q = _grouped(q, kv_heads)
+    scores = torch.cat([grouped_q @ k_prompt.transpose(-1, -2), grouped_q @ k_x.transpose(-1, -2)], dim=-1)
+    probs = (scores.float().view(batch, heads, side, -1) * attn.scaling + bias[:, None]).softmax(-1)
+    probs = _grouped(probs.to(v_x.dtype), kv_heads)
+    out = (probs[..., :prompt] @ v_prompt + probs[..., prompt:] @ v_x).view(batch, heads, side, head_dim)
     x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, side, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
