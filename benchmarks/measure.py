@@ -48,6 +48,8 @@ class ModelSpec:
     seed: int = 0
     grid: tuple[int, int] | None = None
     """(rows, columns) of visual tokens; default: the smallest square grid of at least `visual_tokens`."""
+    vocab: int | None = None
+    """Text vocabulary (embedding and LM-head rows); default: the tiny tokenizer's ~1.3k. Qwen2.5's is 151,936."""
 
 
 def closest_grid(visual_tokens: int) -> tuple[int, int]:
@@ -95,6 +97,7 @@ def _build_base(spec: ModelSpec, processor):
     return build_tiny_model(
         "qwen2_5_vl",
         seed=spec.seed,
+        vocab_size=spec.vocab,
         text_layers=spec.layers,
         text_hidden=spec.hidden,
         tokenizer=processor,
@@ -215,7 +218,7 @@ def _tensor_bytes(model, inputs: dict) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _profiled_peak_bytes(fn) -> int:
+def profiled_peak_bytes(fn) -> int:
     """Peak of the net CPU tensor bytes allocated while fn() runs, from the torch profiler's memory events.
 
     Each event carries the allocator's running total ("Total Allocated"); the total before the first event is the
@@ -242,7 +245,7 @@ def peak_memory(model, inputs: dict, new_tokens: int) -> dict:
     """Peak tensor memory of one generate (prefill + new_tokens), in bytes: `before` (resident before the call),
     `delta` (peak above it) and `peak` (before + delta).
 
-    CUDA: torch.cuda.max_memory_allocated. CPU: the torch profiler's allocation events (`_profiled_peak_bytes`),
+    CUDA: torch.cuda.max_memory_allocated. CPU: the torch profiler's allocation events (`profiled_peak_bytes`),
     in a fresh process (`peak_memory_subprocess`); before = weights, buffers and inputs. Both count tensors only: no
     allocator caching or fragmentation, which on a CPU depends on the allocator and on the OS reclaiming pages.
     """
@@ -257,7 +260,7 @@ def peak_memory(model, inputs: dict, new_tokens: int) -> dict:
         peak = torch.cuda.max_memory_allocated(device)
         return {"method": "torch.cuda.max_memory_allocated", "before": before, "peak": peak, "delta": peak - before}
     before = _tensor_bytes(model, inputs)
-    delta = _profiled_peak_bytes(lambda: generate(model, inputs, new_tokens))
+    delta = profiled_peak_bytes(lambda: generate(model, inputs, new_tokens))
     return {"method": "torch profiler CPU tensor memory", "before": before, "peak": before + delta, "delta": delta}
 
 

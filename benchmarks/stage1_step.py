@@ -1,6 +1,12 @@
 """Stage-1 step time relative to one plain forward + backward of the same batch, measured side by side.
 
-    python -m glimpserl.benchmarks.stage1_step [--batch 4 --image-size 448 --repeats 5]
+    python -m glimpserl.benchmarks.stage1_step --threads 1 --json stage1_step.json
+    python -m glimpserl.benchmarks.stage1_step --hidden 64 --layers 4 --heads 4 --vision-hidden 32 \\
+        --vision-layers 4 --visual-tokens 64 --vocab 4096 --repeats 1  # smoke
+
+Model: the prefill benchmark's shape flags (text hidden 512, 12 layers, 8 heads / 2 KV heads, K = 8; vision 8
+blocks x 128), random weights, Qwen2.5's 151,936-token vocabulary (--vocab); a batch of synthetic samples with one
+image of >= --visual-tokens visual tokens each and a short answer.
 
 Arms (interleaved, median of `repeats` after a warm-up):
 - plain: the vanilla model, forward + backward of the answer cross-entropy with every parameter trainable
@@ -12,12 +18,20 @@ Arms (interleaved, median of `repeats` after a warm-up):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import statistics
 import time
 
 import datasets
 import torch
+
+from glimpserl.benchmarks.arguments import add_model_arguments
+from glimpserl.benchmarks.measure import PIXELS_PER_TOKEN, build_arm, sync
+from glimpserl.benchmarks.prefill_decode import spec_from_args
+
+QWEN_VOCAB = 151_936
 
 
 def _batch(processor, size: int, n: int):
@@ -32,21 +46,31 @@ def _batch(processor, size: int, n: int):
     return GlimpseCollator(processor)(samples)
 
 
-def run(batch_size: int = 4, image_size: int = 448, repeats: int = 5, threads: int | None = None) -> dict:
+def run(args: argparse.Namespace) -> dict:
     from ..models import GlimpseConfig, add_glimpse
-    from ..models.tiny import build_tiny_model, build_tiny_processor
+    from ..models.tiny import build_tiny_processor
     from ..rl.configs import VIPTrainingConfig
-    from ..rl.vip_trainer import MODEL_INPUTS, VIPTrainer
+    from ..rl.vip_trainer import MODEL_INPUTS, VIPTrainer, freeze_all_but_glimpse
 
-    if threads:
-        torch.set_num_threads(threads)
-    processor = build_tiny_processor("qwen2_5_vl", max_pixels=image_size * image_size)
-    batch = _batch(processor, image_size, batch_size)
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    torch.set_num_threads(args.threads)
+    spec = dataclasses.replace(spec_from_args(args), vocab=args.vocab)
+    side = math.ceil(math.sqrt(args.visual_tokens))  # visual tokens per image side, 28 px each
+    pixels = side * side * PIXELS_PER_TOKEN
+    processor = build_tiny_processor("qwen2_5_vl", min_pixels=pixels, max_pixels=pixels)
+    batch = {
+        k: v.to(device) if isinstance(v, torch.Tensor) else v
+        for k, v in _batch(processor, side * 28, args.batch).items()
+    }
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    model = add_glimpse(build_tiny_model("qwen2_5_vl"), GlimpseConfig(layer=2))
-    args = VIPTrainingConfig(output_dir="/tmp/glimpserl-bench", report_to="none", box_weight=1.0, use_cpu=True)
+    model = add_glimpse(build_arm(spec, processor, device, "unpruned"), GlimpseConfig(layer=spec.layer_k))
+    config = VIPTrainingConfig(
+        output_dir="/tmp/glimpserl-bench", report_to="none", box_weight=1.0, use_cpu=device.type == "cpu"
+    )
     placeholder = datasets.Dataset.from_list([{"images": [], "prompt": [], "answer": ["x"]}])  # never iterated
-    trainer = VIPTrainer(model, args, train_dataset=placeholder, processing_class=processor)
+    trainer = VIPTrainer(model, config, train_dataset=placeholder, processing_class=processor)
 
     def plain():
         for p in model.parameters():
@@ -57,8 +81,6 @@ def run(batch_size: int = 4, image_size: int = 448, repeats: int = 5, threads: i
 
     def stage1():
         trainer.model.train()
-        from ..rl.vip_trainer import freeze_all_but_glimpse
-
         freeze_all_but_glimpse(model)
         trainer.compute_loss(model, dict(batch)).backward()
         model.zero_grad(set_to_none=True)
@@ -67,15 +89,20 @@ def run(batch_size: int = 4, image_size: int = 448, repeats: int = 5, threads: i
     times: dict[str, list[float]] = {name: [] for name in arms}
     for fn in arms.values():  # warm-up
         fn()
-    for _ in range(repeats):
-        for name, fn in arms.items():
+    for r in range(args.repeats):
+        for name in arms if r % 2 == 0 else list(arms)[::-1]:
+            sync(device)
             start = time.perf_counter()
-            fn()
+            arms[name]()
+            sync(device)
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
-    visual = int((batch["input_ids"] == model.config.image_token_id).sum()) // batch_size
+    visual = int((batch["input_ids"] == model.config.image_token_id).sum()) // args.batch
     return {
-        "batch": batch_size,
+        "model": {**dataclasses.asdict(spec), "family": "qwen2_5_vl"},
+        "device": device.type,
+        "threads": args.threads,
+        "batch": args.batch,
         "visual_tokens_per_image": visual,
         "plain_fwd_bwd_s": med["plain"],
         "stage1_step_s": med["stage1"],
@@ -83,29 +110,36 @@ def run(batch_size: int = 4, image_size: int = 448, repeats: int = 5, threads: i
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m glimpserl.benchmarks.stage1_step",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_model_arguments(parser)
+    parser.add_argument("--vocab", type=int, default=QWEN_VOCAB, help="Text vocabulary (Qwen2.5's by default).")
+    parser.add_argument("--visual-tokens", type=int, default=1024, help="At least this many visual tokens per image.")
     parser.add_argument("--batch", type=int, default=4, help="Samples per batch.")
-    parser.add_argument("--image-size", type=int, default=448, help="Image side in pixels (448 -> 256 tokens).")
     parser.add_argument("--repeats", type=int, default=5, help="Timed repetitions per arm (median reported).")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores).")
     parser.add_argument("--json", default=None, help="Also write the result to this JSON file.")
+    parser.set_defaults(keep_ratio=1.0)  # the model spec's; stage 1 learns the mask, it keeps no fixed share
     args = parser.parse_args(argv)
-    result = run(args.batch, args.image_size, args.repeats, args.threads)
+    result = run(args)
     print("| arm | seconds |\n| --- | --- |")
     print(f"| plain forward + backward | {result['plain_fwd_bwd_s']:.3f} |")
     print(f"| stage-1 step | {result['stage1_step_s']:.3f} |")
     print(f"| ratio stage-1 / plain | {result['ratio']:.2f} |")
-    print(f"batch {result['batch']}, {result['visual_tokens_per_image']} visual tokens per image")
+    model = result["model"]
+    print(
+        f"batch {result['batch']}, {result['visual_tokens_per_image']} visual tokens per image; text hidden "
+        f"{model['hidden']}, {model['layers']} layers, K = {model['layer_k']}, vocabulary {model['vocab']}; "
+        f"{result['device']}, {result['threads']} threads"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

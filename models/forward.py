@@ -4,8 +4,10 @@
 Prefill with images:
 1. layers 0..K run on the full sequence (with the KV cache when generating);
 2. beside them, the glimpse token runs as one extra query after the prompt: at each layer l < K it attends to the
-   prompt's keys/values of layer l (recomputed from that layer's input, so no cache, custom mask or attention
-   kernel is needed and gradient checkpointing is unaffected) and to itself; nothing ever attends to it;
+   prompt's keys/values of layer l and to itself; nothing ever attends to it. Each layer hands over the rotated
+   keys/values it computed itself (the generation cache, or a private one in a pass that fills none), so no custom
+   mask or attention kernel is needed; only a gradient-checkpointed layer, which takes no cache, has them
+   recomputed from its input;
 3. at layer K its query is read out against every visual key: the VIP turns the read-out into keep logits;
 4. prune mode: the kept columns (and their KV cache of layers 0..K) are gathered into a shorter, left-padded
    sequence with their ORIGINAL position ids, and layers K+1.. run on it. Masked mode: same length, each visual
@@ -25,6 +27,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from .pruning import GlimpseResult, decide_keep, gather_cache_layers, gather_columns, key_bias, pruned_layout
+from .side_path import _last_token_attention, glimpse_readout, prompt_keys_values, side_layer_step
 from .vip import GlimpseModule
 
 GlimpseMode = Literal["prune", "mask", "off"]
@@ -58,94 +61,6 @@ class GlimpseInputs:
     """Per sample, (start, end) columns of each image, in the same order as the images dimension."""
     grids: list[tuple[int, int]]
     """(rows, cols) of each image's visual-token grid, images in order."""
-
-
-def _keys(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
-    """Rotated keys [batch, kv_heads, tokens, head_dim] of a normed input [batch, tokens, hidden]."""
-    b, t, _ = x.shape
-    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    return rotary(k, k, cos, sin)[0]
-
-
-def _values(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    b, t, _ = x.shape
-    return attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-
-
-def _query(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
-    b, t, _ = x.shape
-    q = attn.q_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    return rotary(q, q, cos, sin)[0]
-
-
-def _grouped(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """[batch, heads, tokens, d] -> [batch, kv_heads, groups * tokens, d]: GQA without copying keys/values."""
-    b, h, t, d = q.shape
-    return q.reshape(b, kv_heads, (h // kv_heads) * t, d)
-
-
-def side_layer_step(layer, x, x_rope, x_mask, prompt_h, prompt_rope, prompt_bias, rotary, prompt_kv=None):
-    """Advance side tokens x [batch, side, hidden] (the glimpse, or a completion) through one decoder layer.
-
-    They attend to the prompt with an additive per-key bias prompt_bias [batch, prompt] (0 = visible,
-    -inf = hidden, log p = soft keep), and causally to each other (x_mask [batch, side] marks real side tokens).
-    Nothing in the prompt attends to them. The prompt's rotated keys and values come from prompt_kv (the layer's
-    cache, when generating) or are computed from its input states prompt_h [batch, prompt, hidden].
-    """
-    attn = layer.self_attn
-    normed = layer.input_layernorm(x)
-    q = _query(attn, normed, *x_rope, rotary)
-    k_x, v_x = _keys(attn, normed, *x_rope, rotary), _values(attn, normed)
-    if prompt_kv is None:
-        prompt_normed = layer.input_layernorm(prompt_h)
-        prompt_kv = (_keys(attn, prompt_normed, *prompt_rope, rotary), _values(attn, prompt_normed))
-    k = torch.cat([prompt_kv[0], k_x], dim=2)
-    v = torch.cat([prompt_kv[1], v_x], dim=2)
-    batch, heads, side, head_dim = q.shape
-    eye = torch.eye(side, dtype=torch.bool, device=x.device)
-    causal = (torch.ones_like(eye).tril() & x_mask.bool()[:, None, :]) | eye
-    side_bias = torch.zeros(causal.shape, device=x.device).masked_fill(~causal, float("-inf"))
-    bias = torch.cat([prompt_bias.float()[:, None, :].expand(-1, side, -1), side_bias], dim=-1)
-    scores = (_grouped(q, k.shape[1]) @ k.transpose(-1, -2)).float().view(batch, heads, side, -1)
-    probs = (scores * attn.scaling + bias[:, None]).softmax(-1).to(v.dtype)
-    out = (_grouped(probs, k.shape[1]) @ v).view(batch, heads, side, head_dim)
-    x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, side, -1))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
-
-
-def glimpse_readout(
-    layer, g, prompt_h, prompt_rope, g_rope, prompt_mask, rotary, readout: str, prompt_keys=None
-) -> torch.Tensor:
-    """Per-head logits q.k/sqrt(d) of the glimpse query against every prompt key at layer K: [batch, heads, prompt].
-
-    With readout="log_softmax" they are normalised over the prompt keys and the glimpse's own key. The prompt keys
-    come from prompt_keys (the layer's cache) or are computed from prompt_h.
-    """
-    attn = layer.self_attn
-    x = layer.input_layernorm(g)
-    q = _query(attn, x, *g_rope, rotary)
-    if prompt_keys is None:
-        prompt_keys = _keys(attn, layer.input_layernorm(prompt_h), *prompt_rope, rotary)
-    batch, heads = q.shape[:2]
-    scores = (_grouped(q, prompt_keys.shape[1]) @ prompt_keys.transpose(-1, -2)).float()
-    scores = scores.view(batch, heads, -1) * attn.scaling
-    if readout == "log_softmax":
-        k_g = _keys(attn, x, *g_rope, rotary)
-        self_score = (_grouped(q, k_g.shape[1]) @ k_g.transpose(-1, -2)).float().view(batch, heads, 1) * attn.scaling
-        masked = scores.masked_fill(~prompt_mask.bool()[:, None, :], float("-inf"))
-        scores = scores - torch.logsumexp(torch.cat([masked, self_score], dim=-1), dim=-1, keepdim=True)
-    return scores
-
-
-def _last_token_attention(layer, h, rope, prompt_mask, rotary, prompt_keys=None) -> torch.Tensor:
-    """FastV's signal: attention of the last prompt token over the prompt keys at this layer, mean over heads.
-
-    h: [batch, prompt, hidden] (the layer's input). Returns [batch, prompt].
-    """
-    last_rope = (rope[0][:, -1:], rope[1][:, -1:])
-    logits = glimpse_readout(layer, h[:, -1:], h, rope, last_rope, prompt_mask, rotary, "logits", prompt_keys)
-    logits = logits.masked_fill(~prompt_mask.bool()[:, None, :], float("-inf"))
-    return logits.softmax(-1).mean(1)
 
 
 def _vip_logits(glimpse: GlimpseModule, readout: torch.Tensor, inputs: GlimpseInputs) -> torch.Tensor:
@@ -213,12 +128,21 @@ def cut_layer(glimpse: GlimpseModule, pruner=None) -> int:
     return glimpse.config.layer if own is None else own
 
 
-def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_inputs, pruner, **kwargs):
-    """Layers 0..K on the prompt columns, the glimpse beside them, and its read-out at layer K.
+def _checkpointed(layer) -> bool:
+    """Whether the layer runs under gradient checkpointing now: it then takes no cache (a replay would fill it twice)."""
+    return getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled()
 
-    With a training-free `pruner` the glimpse does not run; FastV-style pruners get the last prompt token's
-    attention at layer K instead. Returns (prompt states after layer K, the per-layer inputs if keep_inputs,
-    rotary tables, read-out [batch, heads, prompt], last-token attention [batch, prompt] or None).
+
+def _prompt_with_glimpse(
+    text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_kv, run_glimpse, pruner, **kwargs
+):
+    """Layers 0..K on the prompt columns, the glimpse beside them (if run_glimpse), and its read-out at layer K.
+
+    The glimpse (and, with keep_kv, a completion later) reads the rotated prompt keys/values each layer computed
+    itself: from the generation cache, or from a private one the layer fills in a pass without cache. With a
+    training-free `pruner` the glimpse does not run; FastV-style pruners get the last prompt token's attention at
+    layer K instead. Returns (prompt states after layer K, each layer's prompt (keys, values) if keep_kv, read-out
+    [batch, heads, prompt] or None, last-token attention [batch, prompt] or None).
     """
     cfg = glimpse.config
     k_layer = cut_layer(glimpse, pruner)
@@ -230,34 +154,49 @@ def _prompt_with_glimpse(text_model, glimpse, inputs, prompt, rotary, cache, use
     g_rope = text_model.rotary_emb(h, positions[:, :, -1:] + 1)
     g_bias = torch.zeros(attention_mask.shape, device=h.device).masked_fill(attention_mask == 0, float("-inf"))
     g_mask = attention_mask.new_ones(h.shape[0], 1)
-    g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if pruner is None else None
-    saved, readout, attn_last = [], None, None
+    g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if run_glimpse else None
+    store = None  # the private cache of a pass without one, created when first needed
+    layer_kv, readout, attn_last = [], None, None
     for idx in range(k_layer + 1):
         layer = text_model.layers[idx]
         h_in = h
-        if keep_inputs:
-            saved.append(h_in)
-        h = _run_layers(text_model, [idx], h, mask, rope, cache, use_cache, **kwargs)
-        # When generating, the layer just cached the prompt's rotated keys and values: the glimpse reads them.
-        kv = (cache.layers[idx].keys, cache.layers[idx].values) if cache is not None else None
-        if pruner is not None:
-            if idx == k_layer and pruner.needs_attn_last:
-                attn_last = _last_token_attention(layer, h_in, rope, attention_mask, rotary, kv and kv[0])
+        fastv = pruner is not None and idx == k_layer and pruner.needs_attn_last
+        needs_kv = keep_kv or run_glimpse or fastv
+        if cache is not None:
+            filled = cache
+        elif needs_kv and not _checkpointed(layer):
+            store = store if store is not None else DynamicCache(config=text_model.config)
+            filled = store
+        else:
+            filled = None
+        h = _run_layers(text_model, [idx], h, mask, rope, filled, use_cache, **kwargs)
+        if not needs_kv:
+            continue
+        if filled is not None:
+            kv = (filled.layers[idx].keys, filled.layers[idx].values)
+        else:
+            kv = prompt_keys_values(layer, h_in, rope, rotary)
+        if keep_kv:
+            layer_kv.append(kv)
+        if fastv:
+            attn_last = _last_token_attention(layer, h_in, rope, attention_mask, rotary, kv[0])
+        if not run_glimpse:
             continue
         if idx > 0:
             g = g + glimpse.embedding(idx).to(h.dtype)
         if idx < cfg.layer:
-            g = side_layer_step(layer, g, g_rope, g_mask, h_in, rope, g_bias, rotary, kv)
+            g = side_layer_step(layer, g, g_rope, g_mask, kv, g_bias, rotary)
         else:
-            readout = glimpse_readout(layer, g, h_in, rope, g_rope, attention_mask, rotary, cfg.readout, kv and kv[0])
-    return h, saved, rope, readout, attn_last
+            readout = glimpse_readout(layer, g, h_in, rope, g_rope, attention_mask, rotary, cfg.readout, kv[0])
+    return h, layer_kv, readout, attn_last
 
 
 def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None, pruner=None, attn_last=None):
     """Keep decision over all columns: (hard keep [batch, seq] bool, key bias [batch, seq], VIP logits).
 
     The key bias is the additive log-mask on visual keys (0 / -inf for a hard decision, 0 on text). A
-    training-free pruner decides instead of the VIP (its logits are then zeros).
+    training-free pruner decides instead of the VIP, and a reused decision without a read-out skips it: the
+    logits are then zeros.
     """
     visual = inputs.visual_mask
     seq = visual.shape[1]
@@ -269,7 +208,10 @@ def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None, p
         text[:, prompt:] = False
         keep = pruner.keep_mask(inputs.inputs_embeds, visual, inputs.segments, signal, text)
         return keep, key_bias(keep.float(), visual), logits
-    logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
+    if readout is None:
+        logits = torch.zeros(visual.shape, device=visual.device)
+    else:
+        logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
     if keep is not None:
         # A reused decision covers at least the prompt; later columns (a completion) are text and always kept.
         keep = torch.nn.functional.pad(
@@ -298,18 +240,23 @@ def pruned_decoder_forward(
     prompt_length: int | None = None,
     noise: torch.Tensor | None = None,
     pruner=None,
+    vip_logits: bool = True,
     **kwargs,
 ) -> tuple[torch.Tensor, GlimpseResult, object]:
     """Run the decoder with the glimpse; returns (last hidden states after the final norm, result, cache).
 
     keep: optional [batch, >= prompt] bool, a keep decision to reuse instead of the VIP's (visual columns only).
+    vip_logits: with `keep` given, False skips the glimpse token and the VIP altogether (the result's logits are
+    then zeros): a pass that reuses a decision and learns nothing from the VIP needs neither.
     noise: optional [batch, >= prompt] uniform noise: sample the keep mask from the VIP (Bernoulli) instead of
     thresholding it.
     mask_fn: masked mode only, turns VIP logits into the key bias (default: the hard decision, 0 / -inf).
     prompt_length: columns of the prompt when a completion follows (a training / log-prob pass). The completion
     then sees in every layer exactly what generation would have shown it: the kept prompt tokens only (layers
     0..K as side tokens, layers K+1.. in the short sequence). Such a pass fills no cache.
-    Hidden states are [batch, kept_len, hidden] in prune mode and [batch, seq, hidden] in masked mode.
+    Hidden states are [batch, seq, hidden] at the input's columns in masked mode and in a pass with a completion
+    (prune mode: the last prompt token and the completion are there, every column before them is zeros: nothing
+    is scored on it), and [batch, kept_len, hidden] in the pruned layout (`result.kept_index`) for a prompt alone.
     """
     k_layer = cut_layer(glimpse, pruner)
     attention_mask, position_ids, visual = inputs.attention_mask, inputs.position_ids, inputs.visual_mask
@@ -324,8 +271,9 @@ def pruned_decoder_forward(
     elif cache is None:
         cache = DynamicCache(config=text_model.config)
 
-    h, saved, prompt_rope, readout, attn_last = _prompt_with_glimpse(
-        text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, pruner, **kwargs
+    run_glimpse = pruner is None and (keep is None or vip_logits)
+    h, prompt_kv, readout, attn_last = _prompt_with_glimpse(
+        text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, run_glimpse, pruner, **kwargs
     )
     keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise, pruner, attn_last)
     prompt_mask = attention_mask[:, :prompt]
@@ -343,8 +291,7 @@ def pruned_decoder_forward(
                 completion,
                 completion_rope,
                 attention_mask[:, prompt:],
-                saved[idx],
-                prompt_rope,
+                prompt_kv[idx],
                 prompt_bias,
                 rotary,
             )
@@ -374,7 +321,13 @@ def pruned_decoder_forward(
         )
     rope = text_model.rotary_emb(h, position_ids)
     h = _run_layers(text_model, range(k_layer + 1, len(text_model.layers)), h, mask, rope, cache, use_cache, **kwargs)
-    h = text_model.norm(h)
+    if mode == "prune" and prompt < seq:
+        # Back to the input's columns, where a caller's labels [batch, seq] are (TRL's fused LM head shifts them
+        # against these states): the last kept prompt token predicts the completion's first token, as in generation.
+        tail = seq - prompt + 1
+        h = torch.nn.functional.pad(text_model.norm(h[:, -tail:]), (0, 0, seq - tail, 0))
+    else:
+        h = text_model.norm(h)
     if cache is not None:
         next_position = inputs.position_ids[0, :, prompt - 1] + 1
         cache.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position)

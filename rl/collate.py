@@ -47,9 +47,7 @@ class GlimpseCollator:
         out["attention_mask"] = torch.cat([batch["attention_mask"].to(answer_mask.dtype), answer_mask], dim=1)
         out["labels"] = torch.cat([torch.full_like(batch["input_ids"], -100), labels], dim=1)
         if "mm_token_type_ids" in batch:
-            out["mm_token_type_ids"] = torch.cat(
-                [batch["mm_token_type_ids"], torch.zeros_like(answer_ids)], dim=1
-            )
+            out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(answer_ids)], dim=1)
         out["prompt_length"] = prompt_length
         out["image_sizes"] = [[image.size for image in example["images"]] for example in examples]
         out["boxes"] = [list(example.get("boxes") or []) for example in examples]

@@ -2,55 +2,36 @@
 
 Every rollout and every log-prob pass runs the pruned model with ONE keep mask per rollout:
 - `_generate_single_turn`: rollouts generate with the pruned model (short KV cache). In `sample` mode each rollout
-  samples its own mask from the VIP probabilities (uniform noise handed to the forward, so nothing is stateful);
-  the prefill's decision is captured with a forward hook;
+  samples its own mask from the VIP probabilities (uniform noise rides in TRL's per-token `multimodal_fields`, so
+  TRL pads it with the prompts and hands it to the forward: nothing is stateful); the prefills' decisions are
+  captured with a scoped forward hook;
 - `_calculate_rewards`: the prune ratio and kept / visual token counts reach every reward function as keywords;
 - `_generate_and_score_completions`: the masks join the batch (`glimpse_keep`), so TRL splits and shuffles them
   with their rollouts;
-- `_get_per_token_logps_and_entropies`: old-policy, reference and policy log-probs run the pruned forward (shorter
-  sequence after layer K) with the rollout's mask;
+- `_get_per_token_logps_and_entropies`: TRL's own (its fused LM head, pixel slicing, MoE aux loss), with the pruned
+  forward underneath: a scoped pre-hook hands each chunk's forward its rollouts' masks (`rollouts.rollout_masks`),
+  and the pruned forward returns the completion at the input's columns, where TRL's labels are;
 - `_compute_loss`: TRL's GRPO loss, plus in `sample` mode the VIP's REINFORCE loss
   -A * log p(mask | VIP) with the same advantages.
+
+`_active_keep` [rollouts, prompt] holds the masks of the rollouts being scored, and only while they are: from their
+generation until `_generate_and_score_completions` returns (old and reference passes), and during `_compute_loss`
+(the policy pass, from the batch's `glimpse_keep`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from trl import GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
-from ..models import GlimpseResult, add_glimpse, freeze_vision, glimpse_module
+from ..models import add_glimpse, freeze_vision, glimpse_module
 from ..rewards import build_rewards
 from .checkpoint import GlimpseCheckpointMixin
 from .configs import GlimpseGRPOConfig
-
-
-def _inner_with_glimpse(model: torch.nn.Module) -> torch.nn.Module:
-    for module in model.modules():
-        if hasattr(module, "glimpse_adapter"):
-            return module
-    raise ValueError("The model has no glimpse: call glimpserl.models.add_glimpse(model) before training.")
-
-
-@contextlib.contextmanager
-def capture_prefills(model: torch.nn.Module):
-    """Record the GlimpseResult of every pruned prefill that runs inside the block (a forward hook, removed after)."""
-    records: list[GlimpseResult] = []
-
-    def hook(_module, _args, output):
-        result = getattr(output, "glimpse", None)
-        if result is not None and result.kept_index is not None and all(r is not result for r in records):
-            records.append(result)
-
-    handle = _inner_with_glimpse(model).register_forward_hook(hook)
-    try:
-        yield records
-    finally:
-        handle.remove()
+from .rollouts import capture_glimpse_results, mask_log_prob, rollout_facts, rollout_masks
 
 
 def conversation_text(messages) -> str:
@@ -68,15 +49,6 @@ def conversation_text(messages) -> str:
             content = " ".join(parts)
         lines.append(f"{message.get('role', '?')}: {content}")
     return "\n".join(lines)
-
-
-def mask_log_prob(logits: torch.Tensor, keep: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-    """Mean log-probability per visual token of a Bernoulli keep mask under the VIP: [batch].
-
-    logits, keep, visual: [batch, seq]; keep is the sampled decision, logits the VIP's keep logits.
-    """
-    logp = torch.where(keep, F.logsigmoid(logits.float()), F.logsigmoid(-logits.float()))
-    return (logp * visual).sum(1) / visual.sum(1).clamp(min=1)
 
 
 class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
@@ -105,8 +77,11 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
         self._attach_reference_glimpse()
         self._noise = torch.Generator().manual_seed(args.mask_seed + 1000 * self.accelerator.process_index)
         self._active_keep: torch.Tensor | None = None
-        self._rollout: list[GlimpseResult] = []
-        self._policy_glimpse: GlimpseResult | None = None
+        self._rollout_facts: dict[str, list] | None = None
+
+    @property
+    def _vip_learns(self) -> bool:
+        return self.args.mask_policy == "sample" and self.args.vip_pg_weight > 0
 
     def _attach_reference_glimpse(self) -> None:
         """A separate reference model (full tuning, beta > 0) is loaded by TRL without a glimpse; give it one so it
@@ -144,29 +119,20 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self.args.mask_policy == "sample":
-            width = max(len(ids) for ids in prompt_ids)
-            if self.pad_to_multiple_of:
-                width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-            noise = torch.rand(len(prompt_ids), width, generator=self._noise)
+            noise = [torch.rand(len(ids), generator=self._noise).tolist() for ids in prompt_ids]
             multimodal_fields = {**multimodal_fields, "glimpse_noise": noise}
-        model = self.accelerator.unwrap_model(self.model)
-        with capture_prefills(model) as records:
+        with capture_glimpse_results(self.accelerator.unwrap_model(self.model)) as records:
             out = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-        self._rollout = records
-        self._active_keep = torch.cat([r.keep_mask for r in records]) if records else None
+        if records:
+            self._active_keep = torch.cat([r.keep_mask for r in records])
+            self._rollout_facts = rollout_facts(records)
         return out
 
-    def _rollout_facts(self) -> dict[str, list]:
-        visual = torch.cat([r.num_visual for r in self._rollout]).tolist()
-        kept = torch.cat([r.num_kept for r in self._rollout]).tolist()
-        ratio = torch.cat([r.prune_ratio for r in self._rollout]).tolist()
-        return {"prune_ratio": ratio, "kept_tokens": kept, "visual_tokens": visual}
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        if self._rollout:
-            facts = self._rollout_facts()
+        facts = self._rollout_facts
+        if facts:
             if len(facts["prune_ratio"]) != len(inputs):
                 raise RuntimeError(f"Captured {len(facts['prune_ratio'])} rollout masks for {len(inputs)} rollouts.")
             inputs = [{**x, **{k: v[i] for k, v in facts.items()}} for i, x in enumerate(inputs)]
@@ -182,24 +148,26 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
         return rewards
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if self._active_keep is None:
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            keep, facts = self._active_keep, self._rollout_facts
+        finally:
+            self._active_keep, self._rollout_facts = None, None
+        if keep is None:
             raise RuntimeError("No pruned prefill ran during generation: every prompt needs an image.")
-        keep = self._active_keep.to(output["prompt_ids"].device)
+        keep = keep.to(output["prompt_ids"].device)
         if keep.shape != output["prompt_ids"].shape:
             raise RuntimeError(
                 f"Rollout mask {tuple(keep.shape)} does not match prompts {tuple(output['prompt_ids'].shape)}."
             )
         output["glimpse_keep"] = keep
         mode = "train" if self.model.training else "eval"
-        facts = self._rollout_facts()
         self._metrics[mode]["glimpse/prune_ratio"].append(sum(facts["prune_ratio"]) / len(facts["prune_ratio"]))
         mean_kept = sum(facts["kept_tokens"]) / len(facts["kept_tokens"])
         self._metrics[mode]["glimpse/kept_tokens"].append(mean_kept)
         # Ranks run sequences of different lengths after pruning; the spread shows it (and that nothing waits on it).
         per_rank = self.accelerator.gather(torch.tensor([mean_kept], device=self.accelerator.device))
         self._metrics[mode]["glimpse/kept_tokens_rank_spread"].append((per_rank.max() - per_rank.min()).item())
-        self._active_keep, self._rollout = None, []
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -213,74 +181,36 @@ class GlimpseGRPOTrainer(GlimpseCheckpointMixin, GRPOTrainer):
 
     # ---- log-prob passes on the pruned model ------------------------------------------------------------------
 
-    def _get_per_token_logps_and_entropies(
-        self,
-        model,
-        input_ids,
-        attention_mask,
-        logits_to_keep,
-        batch_size=None,
-        compute_entropy=False,
-        compute_aux_loss=False,
-        pixel_values=None,
-        image_grid_thw=None,
-        num_images=None,
-        mm_token_type_ids=None,
-        **unused,
-    ):
-        if self._active_keep is None:
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        keep = self._active_keep
+        if keep is None:
             raise RuntimeError("glimpserl log-prob pass without a rollout mask.")
-        batch_size = batch_size or input_ids.size(0)
-        prompt_length = input_ids.size(1) - logits_to_keep
-        rows_per_sample = None
-        if image_grid_thw is not None:
-            per_image = image_grid_thw.prod(-1)
-            rows_per_sample = torch.stack([s.sum() for s in torch.split(per_image, num_images)])
-            row_offsets = torch.cat([rows_per_sample.new_zeros(1), rows_per_sample.cumsum(0)])
-            image_offsets = torch.tensor([0, *num_images]).cumsum(0)
-        all_logps, all_entropies, results = [], [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            end = min(start + batch_size, input_ids.size(0))
-            inputs = {
-                "input_ids": input_ids[start:end],
-                "attention_mask": attention_mask[start:end],
-                "glimpse_keep": self._active_keep[start:end].to(input_ids.device),
-                "glimpse_prompt_length": prompt_length,
-                "logits_to_keep": logits_to_keep + 1,
-                "use_cache": False,
-            }
-            if rows_per_sample is not None:
-                inputs["pixel_values"] = pixel_values[row_offsets[start] : row_offsets[end]]
-                inputs["image_grid_thw"] = image_grid_thw[image_offsets[start] : image_offsets[end]]
-            if mm_token_type_ids is not None:
-                inputs["mm_token_type_ids"] = mm_token_type_ids[start:end]
-            with self.accelerator.autocast():
-                out = model(**inputs)
-            logits = out.logits[:, :-1].float() / self.temperature
-            logps = torch.log_softmax(logits, dim=-1)
-            targets = input_ids[start:end, -logits_to_keep:]
-            all_logps.append(logps.gather(-1, targets[..., None]).squeeze(-1))
-            if compute_entropy:
-                all_entropies.append(-(logps.exp() * logps).sum(-1))
-            results.append(out.glimpse)
-        if torch.is_grad_enabled():
-            self._policy_glimpse = results
-        entropies = torch.cat(all_entropies) if compute_entropy else None
-        return torch.cat(all_logps), entropies, None
+        if keep.shape != (input_ids.size(0), input_ids.size(1) - logits_to_keep):
+            raise RuntimeError(
+                f"Rollout masks {tuple(keep.shape)} do not match {input_ids.size(0)} rollouts with prompts of "
+                f"{input_ids.size(1) - logits_to_keep} columns."
+            )
+        # Only the policy pass of `sample` mode learns from the VIP's score of the mask; other passes skip the VIP.
+        vip_logits = self._vip_learns and torch.is_grad_enabled()
+        with rollout_masks(model, keep, vip_logits):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
 
     def _compute_loss(self, model, inputs):
         self._active_keep = inputs["glimpse_keep"]
         try:
-            loss = super()._compute_loss(model, inputs)
+            with capture_glimpse_results(model) as results:
+                loss = super()._compute_loss(model, inputs)
         finally:
             self._active_keep = None
-        if self.args.mask_policy == "sample" and self.args.vip_pg_weight > 0:
-            results, self._policy_glimpse = self._policy_glimpse, None
-            logp = torch.cat([mask_log_prob(r.logits, r.keep_mask, r.visual_mask) for r in results])
-            vip_loss = -(inputs["advantages"].to(logp.device) * logp).mean()
-            mode = "train" if self.model.training else "eval"
-            # TRL scales its own loss for gradient accumulation (HF auto-scaling is off): scale this term alike.
-            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-            loss = loss + self.args.vip_pg_weight * vip_loss / normalizer
-            self._metrics[mode]["glimpse/vip_pg_loss"].append(self.accelerator.gather(vip_loss.detach()).mean().item())
+        if not (self._vip_learns and torch.is_grad_enabled()):
+            return loss
+        logp = torch.cat([mask_log_prob(r.logits, r.keep_mask, r.visual_mask) for r in results])
+        vip_loss = -(inputs["advantages"].to(logp.device) * logp).mean()
+        mode = "train" if self.model.training else "eval"
+        # TRL scales its own loss for gradient accumulation (HF auto-scaling is off): scale this term alike.
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = loss + self.args.vip_pg_weight * vip_loss / normalizer
+        self._metrics[mode]["glimpse/vip_pg_loss"].append(self.accelerator.gather(vip_loss.detach()).mean().item())
         return loss

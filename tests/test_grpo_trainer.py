@@ -2,6 +2,9 @@
 
 import pytest
 import torch
+import trl.trainer.utils as trl_utils
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from trl import GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
@@ -13,6 +16,7 @@ from glimpserl.rewards.registry import available_rewards
 from glimpserl.rl.configs import GlimpseGRPOConfig
 from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
 from glimpserl.rl.grpo_trainer import GlimpseGRPOTrainer
+from glimpserl.rl.rollouts import capture_glimpse_results
 from glimpserl.rl.synth import write_synth
 
 MAX_PIXELS = 112 * 112
@@ -171,6 +175,66 @@ def test_keep_all_log_probs_equal_vanilla_trl(dataset, tmp_path):
             trainer, vanilla, input_ids, attention_mask, 4, **extra
         )
     assert (ours - theirs).abs().max() <= 1e-4
+
+
+class VocabWideTensors(TorchDispatchMode):
+    """Records every tensor an op (forward or backward) produces whose last dimension is the vocabulary."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.seen, self.ops = vocab, [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab:
+                self.seen.append((str(func), tuple(t.shape)))
+        return out
+
+
+def test_log_prob_pass_is_trls_fused_head_with_each_chunks_masks(dataset, tmp_path, monkeypatch):
+    """TRL's own pass over the pruned model: no [..., vocab] logits in the forward or the backward, each chunk
+    pruned with its own rollouts' masks, the VIP run only where its logits can learn (sample mode, with grad)."""
+    # Tiles narrower than the vocabulary, as TRL's 32k-wide tiles are narrower than Qwen's 151,936 tokens.
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 256)
+    trainer = _trainer(dataset, tmp_path, cls=GlimpseGRPOTrainer, mask_policy="sample")
+    processor, model = trainer.processing_class, trainer.model
+    rows = [dataset[i] for i in range(2)]
+    texts = [processor.apply_chat_template(r["prompt"], add_generation_prompt=True) for r in rows]
+    prompt = processor(text=texts, images=[r["images"][0] for r in rows], return_tensors="pt", padding=True)
+    completion = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 18]])
+    input_ids = torch.cat([prompt["input_ids"], completion], dim=1)
+    attention_mask = torch.cat([prompt["attention_mask"], torch.ones_like(completion)], dim=1)
+    extra = dict(
+        pixel_values=prompt["pixel_values"],
+        image_grid_thw=prompt["image_grid_thw"],
+        num_images=[1, 1],
+        mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(completion)], dim=1),
+    )
+    visual = prompt["input_ids"] == model.config.image_token_id
+    draw = torch.rand(visual.shape, generator=torch.Generator().manual_seed(0))
+    keep = (visual & (draw < torch.tensor([[0.3], [0.7]]))) | (prompt["attention_mask"].bool() & ~visual)
+    trainer._active_keep = keep
+    wide = VocabWideTensors(model.config.text_config.vocab_size)
+    with capture_glimpse_results(model) as chunks, wide:
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, 4, batch_size=1, compute_entropy=True, **extra
+        )
+        ops_before_backward = wide.ops
+        (logps.sum() + entropies.sum()).backward()
+    assert wide.ops > ops_before_backward and wide.seen == []
+    assert [torch.equal(c.keep_mask[:, : keep.shape[1]], keep[i : i + 1]) for i, c in enumerate(chunks)] == [1, 1]
+    assert all(c.logits.requires_grad and c.logits[c.visual_mask].abs().min() > 0 for c in chunks)
+    with torch.no_grad():
+        with capture_glimpse_results(model) as chunks:
+            trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, 4, **extra)
+        # The reference: full logits of the plain (non-fused) forward with the same masks, both rows at once.
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        logits = model(**inputs, glimpse_keep=keep, glimpse_prompt_length=keep.shape[1]).logits
+    assert len(chunks) == 1 and not chunks[0].logits.any()
+    expected = torch.log_softmax(logits[:, -5:-1] / trainer.temperature, -1).gather(-1, completion[..., None])
+    assert (logps.detach() - expected.squeeze(-1)).abs().max() <= 1e-4
 
 
 def test_vllm_is_refused_with_a_reason():

@@ -140,6 +140,59 @@ def test_training_forward_with_completion_matches_generation(tiny_processor):
     assert torch.equal(out.glimpse.keep_mask[:, :prompt_len], gen.cache.glimpse_state.result.keep_mask)
 
 
+def _with_completion(inputs, completion):
+    full = dict(inputs)
+    full["input_ids"] = torch.cat([inputs["input_ids"], completion], dim=1)
+    full["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(completion)], dim=1)
+    full.pop("mm_token_type_ids", None)
+    return full
+
+
+def test_a_log_prob_pass_reads_each_layers_own_prompt_keys_and_values(tiny_processor):
+    """Layers 0..K project the prompt's keys once (the layer itself): the glimpse and the completion read those,
+    and under gradient checkpointing (no cache) their recomputation gives the same values and gradients."""
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.25).train()
+    prompt = inputs["input_ids"].shape[1]
+    full = _with_completion(inputs, torch.tensor([[11, 12, 13], [14, 15, 16]]))
+    layers = model.model.language_model.layers[: model.model.glimpse.config.layer + 1]
+    widths = [[] for _ in layers]
+    handles = [
+        layer.self_attn.k_proj.register_forward_hook(lambda _m, args, _o, w=w: w.append(args[0].shape[1]))
+        for layer, w in zip(layers, widths)
+    ]
+    out = model(**full, glimpse_prompt_length=prompt)
+    for handle in handles:
+        handle.remove()
+    assert [w.count(prompt) for w in widths] == [1] * len(layers)
+    out.logits[:, -4:-1].logsumexp(-1).sum().backward()
+    grad = layers[0].self_attn.k_proj.weight.grad.clone()
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    again = model(**full, glimpse_prompt_length=prompt)
+    again.logits[:, -4:-1].logsumexp(-1).sum().backward()
+    assert (again.logits - out.logits).abs().max() <= 1e-5
+    assert torch.allclose(layers[0].self_attn.k_proj.weight.grad, grad, atol=1e-6)
+
+
+def test_a_reused_mask_runs_the_vip_only_when_its_logits_are_wanted(tiny_processor):
+    inputs = _ragged(tiny_processor)
+    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.25)
+    prompt = inputs["input_ids"].shape[1]
+    full = _with_completion(inputs, torch.tensor([[11, 12, 13], [14, 15, 16]]))
+    calls = []
+    with torch.no_grad():
+        keep = model(**inputs).glimpse.keep_mask
+        handle = model.model.glimpse.vip.register_forward_hook(lambda *_: calls.append(1))
+        scored = model(**full, glimpse_prompt_length=prompt, glimpse_keep=keep)
+        skipped = model(**full, glimpse_prompt_length=prompt, glimpse_keep=keep, glimpse_vip_logits=False)
+        handle.remove()
+    assert len(calls) == 1
+    assert torch.equal(skipped.glimpse.keep_mask, scored.glimpse.keep_mask)
+    assert torch.equal(skipped.logits, scored.logits)
+    assert not skipped.glimpse.logits.any() and scored.glimpse.logits[scored.glimpse.visual_mask].abs().min() > 0
+
+
 def test_reused_keep_mask_is_applied(tiny_processor):
     inputs = _ragged(tiny_processor)
     model = _glimpse_model("qwen2_5_vl")

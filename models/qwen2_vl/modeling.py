@@ -8,9 +8,12 @@ Outer model (`...ForConditionalGeneration`): the vanilla head, plus `output.glim
 pruned layout.
 
 Extra forward keywords (all optional): glimpse_mode ("prune" | "mask" | "off"), glimpse_keep ([batch, seq] bool to
-reuse a keep decision), glimpse_mask_fn (masked mode: VIP logits -> log keep-probability, the relaxation used in training), glimpse_prompt_length (int: columns of the
-prompt when a completion follows it), glimpse_noise ([batch, seq] uniform noise: sample the keep mask instead of
-thresholding it; RL rollouts), glimpse_pruner (a training-free pruner deciding instead of the VIP).
+reuse a keep decision), glimpse_vip_logits (bool, default True: with glimpse_keep, False skips the glimpse and the
+VIP, whose logits nothing then reads), glimpse_mask_fn (masked mode: VIP logits -> log keep-probability, the
+relaxation used in training), glimpse_prompt_length (int: columns of the prompt when a completion follows it; the
+output is then at the input's columns, see `pruned_decoder_forward`), glimpse_noise ([batch, seq] uniform noise:
+sample the keep mask instead of thresholding it; RL rollouts), glimpse_pruner (a training-free pruner deciding
+instead of the VIP).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class GlimpseInnerMixin:
         mm_token_type_ids=None,
         glimpse_mode="prune",
         glimpse_keep=None,
+        glimpse_vip_logits=True,
         glimpse_mask_fn=None,
         glimpse_prompt_length=None,
         glimpse_noise=None,
@@ -121,6 +125,7 @@ class GlimpseInnerMixin:
             use_cache=use_cache,
             mode=glimpse_mode,
             keep=glimpse_keep,
+            vip_logits=glimpse_vip_logits,
             mask_fn=glimpse_mask_fn,
             prompt_length=glimpse_prompt_length,
             noise=glimpse_noise,
@@ -172,6 +177,7 @@ class GlimpseOuterMixin:
         logits_to_keep=0,
         glimpse_mode="prune",
         glimpse_keep=None,
+        glimpse_vip_logits=True,
         glimpse_mask_fn=None,
         glimpse_prompt_length=None,
         glimpse_noise=None,
@@ -193,6 +199,7 @@ class GlimpseOuterMixin:
             mm_token_type_ids=mm_token_type_ids,
             glimpse_mode=glimpse_mode,
             glimpse_keep=glimpse_keep,
+            glimpse_vip_logits=glimpse_vip_logits,
             glimpse_mask_fn=glimpse_mask_fn,
             glimpse_prompt_length=glimpse_prompt_length,
             glimpse_noise=glimpse_noise,
@@ -206,6 +213,7 @@ class GlimpseOuterMixin:
             if (
                 glimpse is not None
                 and glimpse.kept_index is not None
+                and outputs.last_hidden_state.shape[1] == glimpse.kept_index.shape[1]
                 and labels.shape[1] == glimpse.keep_mask.shape[1]
             ):
                 # Labels follow the tokens they belong to into the pruned layout; added padding is ignored.
