@@ -176,16 +176,32 @@ def vip_flops(shape: VIPShape, image_tokens: list[int]) -> int:
     return total
 
 
-def selection_flops(name: str, text: TextShape, image_tokens: list[int], prompt: int, cached: bool = True) -> int:
+def selection_flops(
+    name: str,
+    text: TextShape,
+    image_tokens: list[int],
+    prompt: int,
+    cached: bool = True,
+    kept: list[int] | None = None,
+) -> int:
     """A training-free pruner's own selection work in a prefill (it replaces the glimpse and the VIP).
 
     gprune: the [n, n] cosine similarities of the projector features (2 n^2 d) and 5 score propagations (2 n^2
-    each, the selector's default); divprune: the similarities (its greedy max-min search only compares); fastv: the
-    last prompt token's query at layer K against the prompt's keys (read from the cache, recomputed without one);
-    random: nothing. Normalisations, softmax and sorting are not counted, as everywhere here.
+    each, the selector's default); divprune: the similarities (its greedy max-min search only compares); cdpruner:
+    the similarities, the relevance to the m instruction tokens (2 n m d, m <= the prompt's text tokens), the kernel
+    (2 n^2) and the greedy search's residual updates (k picks: k^2 n + 2 k n); fastv: the last prompt token's query
+    at layer K against the prompt's keys (read from the cache, recomputed without one); random: nothing.
+    Normalisations, softmax and sorting are not counted, as everywhere here.
     """
     if name == "random":
         return 0
+    if name == "cdpruner":
+        text_tokens = prompt - sum(image_tokens)
+        picks = kept or image_tokens
+        return sum(
+            2 * n * n * text.hidden + 2 * n * text_tokens * text.hidden + 2 * n * n + k * k * n + 2 * k * n
+            for n, k in zip(image_tokens, picks)
+        )
     if name in ("gprune", "divprune"):
         iterations = 5 if name == "gprune" else 0
         return sum(2 * n * n * text.hidden + iterations * 2 * n * n for n in image_tokens)
@@ -193,7 +209,9 @@ def selection_flops(name: str, text: TextShape, image_tokens: list[int], prompt:
         q_out, kv_out = text.heads * text.head_dim, text.kv_heads * text.head_dim
         keys = 0 if cached else linear(prompt, text.hidden, kv_out)
         return linear(1, text.hidden, q_out) + keys + 2 * prompt * text.heads * text.head_dim
-    raise ValueError(f"No FLOP count for pruner {name!r}; counted: glimpse, gprune, divprune, fastv, random.")
+    raise ValueError(
+        f"No FLOP count for pruner {name!r}; counted: glimpse, gprune, divprune, cdpruner, fastv, random."
+    )
 
 
 @dataclass
@@ -246,7 +264,7 @@ def prefill_flops(
         glimpse=glimpse_flops(text, layer, prompt) if glimpse else 0,
         vip=vip_flops(vip, image_tokens) if glimpse else 0,
         decoder_pruned=(text.layers - layer - 1) * decoder_layer_flops(text, short),
-        selection=0 if glimpse else selection_flops(pruner, text, image_tokens, prompt),
+        selection=0 if glimpse else selection_flops(pruner, text, image_tokens, prompt, kept=kept),
         **common,
     )
 

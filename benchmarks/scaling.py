@@ -255,7 +255,8 @@ def markdown_table(results: dict) -> str:
         'Ratios to unpruned in parentheses (of the medians); "fastest": ratio of each arm\'s fastest repeat, the '
         "least disturbed by other jobs sharing the cores (scaling.json keeps every repeat, wall and CPU time). "
         "FLOPs bound = analytic prefill FLOPs of the arm / unpruned (benchmarks/flops.py: vision tower, decoder, "
-        "LM head; glimpse: + glimpse token + VIP; gprune/divprune: + feature similarities (and propagation); fastv: "
+        "LM head; glimpse: + glimpse token + VIP; gprune/divprune: + feature similarities (and propagation); cdpruner: + "
+        "similarities, instruction relevance and its greedy search; fastv: "
         "+ last-token query at K; random: nothing extra). Peak MB: tensor memory of one generate above weights + "
         "inputs.",
         f"docs/method.md's decoder-only bound (K+1)/L + (1-(K+1)/L)(kept+text)/all per size: {simple}.",

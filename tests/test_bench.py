@@ -82,7 +82,7 @@ def test_closest_grid():
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--pruners", "glimpse,nope", "valid: glimpse, divprune, fastv, gprune, random"),
+        ("--pruners", "glimpse,nope", "valid: glimpse, cdpruner, divprune, fastv, gprune, random"),
         ("--pruners", "visionzip", "unknown ['visionzip']"),
         ("--keep-ratio", "0", "--keep-ratio must be in (0, 1]"),
         ("--keep-ratio", "1.5", "--keep-ratio must be in (0, 1]"),
