@@ -25,7 +25,13 @@ def _add_visualize(subparsers) -> None:
     p.add_argument("--question", default=None, help="Question about the image. Default: the built-in one.")
     p.add_argument("--threshold", type=float, default=None, help="Keep threshold on sigmoid(VIP logit).")
     p.add_argument("--max-keep-ratio", type=float, default=None, help="Cap on the kept fraction of visual tokens.")
-    p.add_argument("--max-pixels", type=int, default=28 * 28 * 256, help="Upper bound on image pixels.")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="Upper bound on image pixels, for families whose token count follows the image size (Qwen2-VL). "
+        "Default: the processor's own.",
+    )
     p.add_argument("--max-new-tokens", type=int, default=16, help="Length of the generated answer.")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="Model dtype.")
     p.add_argument("--out", default="outputs/visualize.png", help="Where to write the PNG.")
@@ -37,7 +43,7 @@ def _run_visualize(args) -> int:
 
     import torch
 
-    from .models import GlimpseConfig, add_glimpse, check_glimpse_checkpoint, load_glimpse
+    from .models import GlimpseConfig, add_glimpse, check_glimpse_checkpoint, glimpse_module, load_glimpse
     from .models.loading import load_model, load_processor
     from .models.visualize import render_keep_mask
     from .rl.synth import make_sample
@@ -57,9 +63,10 @@ def _run_visualize(args) -> int:
     else:
         print("note: no --glimpse given, so the VIP is untrained and the kept tokens are arbitrary.", file=sys.stderr)
         add_glimpse(model, GlimpseConfig())
-    config = model.model.glimpse.config
+    glimpse = glimpse_module(model)
+    config = glimpse.config
     overrides = {"threshold": args.threshold, "max_keep_ratio": args.max_keep_ratio}
-    model.model.glimpse.config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    glimpse.config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
@@ -131,17 +138,11 @@ def _run_export(args) -> int:
 
 
 def _add_data(subparsers) -> None:
-    from .rl.synth import add_synth_arguments
+    from .rl.synth import SYNTH_HELP, add_synth_arguments
 
     p = subparsers.add_parser("data", help="Build datasets (the built-in synthetic glimpse VQA set).")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser(
-        "synth",
-        help="Write the synthetic glimpse VQA dataset (images + train/test JSONL with answers and boxes).",
-        description="Images whose answer lives in a small region, with the question, the exact answer and the "
-        "region's box. Task glimpse: a coloured shape, a digit or a word among distractors; task shapes: one object "
-        "among several equally salient ones, named by its shape or colour. Deterministic by seed.",
-    )
+    synth = data_sub.add_parser("synth", help=SYNTH_HELP)
     add_synth_arguments(synth)
     synth.set_defaults(run=_run_synth)
 

@@ -1,5 +1,7 @@
 """Analytic prefill FLOPs of a Qwen2.5-VL model, unpruned and pruned by the glimpse.
 
+Qwen2.5-VL only, by design: it counts that family's windowed vision tower and 2x2 merger.
+
 Counted: every matrix multiply, 2*m*n*k for a Linear (or the patch-embedding Conv3d) of m tokens from n to k
 features, and 2 * 2 * pairs * heads * head_dim for attention (scores q.k and the weighted sum of values) over `pairs`
 (query, key) pairs. Norms, activations, rotary embeddings, softmax and gathers are not counted (they are O(tokens *

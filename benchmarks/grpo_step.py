@@ -50,7 +50,7 @@ PARTS = ("generation", "log_probs", "backward", "other")
 QWEN_VOCAB = 151_936
 
 
-class StepClock:
+class StepTimer:
     """Mixin for a GRPOTrainer: times the parts of every `training_step` into `step_log`; the step numbered
     `memory_step` (1-based, None = none) also gets its peak tensor memory measured."""
 
@@ -145,7 +145,7 @@ def _training_args(args: argparse.Namespace, output_dir: str, device: torch.devi
 
 
 def build_trainer(arm: str, spec, args: argparse.Namespace, dataset, processor, output_dir: str, device):
-    """A fresh trainer of one arm (with the StepClock mixin) on a model built from `spec` (same base weights)."""
+    """A fresh trainer of one arm (with the StepTimer mixin) on a model built from `spec` (same base weights)."""
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
@@ -163,7 +163,7 @@ def build_trainer(arm: str, spec, args: argparse.Namespace, dataset, processor, 
             lora_dropout=0.0,
             target_modules=get_adapter(model).lora_target_modules(),
         )
-        cls = type("ClockedGRPOTrainer", (StepClock, GRPOTrainer), {})
+        cls = type("ClockedGRPOTrainer", (StepTimer, GRPOTrainer), {})
         return cls(
             model, [build_reward("exact_match")], args=GRPOConfig(**common), train_dataset=dataset,
             processing_class=processor, peft_config=lora,
@@ -178,7 +178,7 @@ def build_trainer(arm: str, spec, args: argparse.Namespace, dataset, processor, 
         lora_alpha=2 * args.lora_r,
         lora_dropout=0.0,
     )
-    cls = type("ClockedGlimpseGRPOTrainer", (StepClock, GlimpseGRPOTrainer), {})
+    cls = type("ClockedGlimpseGRPOTrainer", (StepTimer, GlimpseGRPOTrainer), {})
     return cls(model, config, dataset, processor)
 
 

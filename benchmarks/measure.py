@@ -1,5 +1,8 @@
 """Build the benchmark models and inputs, and measure one arm (pruned or unpruned): time, KV length, peak memory.
 
+Qwen2.5-VL only, by design: the benchmarks scale a Qwen2.5-VL shape (M-RoPE sections, windowed vision blocks, 28 px
+per visual token), the family whose token count follows the image size.
+
 The two arms share every base weight tensor: "pruned" is the model with a glimpse attached (`add_glimpse`), "unpruned"
 is the stock transformers class holding the same tensors, so the baseline runs no glimpse code at all (it generates
 the same tokens as `glimpse_mode="off"` on the pruned model) and its memory subprocess holds no glimpse weights.
@@ -24,6 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from glimpserl.models import GlimpseConfig, add_glimpse
 from glimpserl.models.tiny import build_tiny_model, build_tiny_processor
+from glimpserl.rl.evaluate import StepClock
 
 ARMS = ("unpruned", "pruned")
 PIXELS_PER_TOKEN = 28 * 28  # Qwen-VL: a 14 px patch, merged 2x2
@@ -174,19 +178,6 @@ def time_prefill(model, inputs: dict) -> tuple[Timing, int, object]:
     return elapsed, out.cache.get_seq_length(), getattr(out, "glimpse", None)
 
 
-class StepClock(StoppingCriteria):
-    """Timestamps every generation step; generate calls stopping criteria once per new token, never stops here."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.stamps: list[Timing] = []
-
-    def __call__(self, input_ids, scores, **kwargs):
-        sync(self.device)
-        self.stamps.append(_now())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
 def generate(model, inputs: dict, new_tokens: int, clock: StoppingCriteria | None = None):
     criteria = StoppingCriteriaList([clock] if clock is not None else [])
     with torch.inference_mode():
@@ -205,7 +196,7 @@ def time_decode(model, inputs: dict, new_tokens: int) -> Timing:
     new_tokens - 1 forwards in between (so neither the prefill nor generate's set-up is counted)."""
     if new_tokens < 2:
         raise ValueError("Timing decode needs at least 2 new tokens.")
-    clock = StepClock(inputs["input_ids"].device)
+    clock = StepClock(now=_now)
     out = generate(model, inputs, new_tokens, clock)
     if out.sequences.shape[1] - inputs["input_ids"].shape[1] != new_tokens:
         raise RuntimeError(f"generate made {out.sequences.shape[1]} tokens, not {new_tokens}.")

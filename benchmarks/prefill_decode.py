@@ -1,5 +1,8 @@
 """Prefill and decode cost of glimpse pruning against the unpruned model, side by side, with the analytic bound.
 
+Qwen2.5-VL only, by design: the model, its image grid and the FLOP bound (benchmarks/flops.py) are Qwen2.5-VL's,
+the family whose token count follows the image size.
+
 One run builds a random Qwen2.5-VL-shaped model (default: text hidden 512, 12 layers, 8 heads / 2 KV heads, MLP
 2752 = Qwen2.5-VL-3B's 5.4x; an 8-block vision tower of width 128), one image of >= 2,048 visual tokens and a short
 question, and measures both arms on the same weights: "pruned" (glimpse at layer K, keeping int(keep_ratio * n)

@@ -1,6 +1,9 @@
 """How the cost of visual-token pruning scales with the number of visual tokens: the glimpse and training-free
 pruners against the unpruned model, side by side, at several image sizes.
 
+Qwen2.5-VL only, by design: growing the image grows the visual tokens only in a dynamic-resolution family, and the
+FLOP bound models Qwen2.5-VL's vision tower.
+
 For each visual-token count n, the image is rows x cols tokens of 28x28 px with rows * cols closest to n
 (`measure.closest_grid`), and one random Qwen2.5-VL-shaped model (benchmarks.prefill_decode's shape flags) runs every
 arm on the same weights: "unpruned" (the stock model) and each pruner, all keeping the same int(keep_ratio * n) visual
@@ -42,7 +45,7 @@ from glimpserl.benchmarks.measure import (
     time_prefill,
 )
 from glimpserl.benchmarks.prefill_decode import TIME_KEYS, measure_times, spec_from_args
-from glimpserl.models.baselines import SELECTORS, TrainingFreePruner
+from glimpserl.models.baselines import TrainingFreePruner, usable_selectors
 
 REFERENCE = "unpruned"
 PANELS = (  # (JSON key, panel title, scale to the plotted unit)
@@ -54,8 +57,10 @@ PANELS = (  # (JSON key, panel title, scale to the plotted unit)
 
 
 def valid_pruners() -> tuple[str, ...]:
-    """The glimpse and the training-free selectors the Qwen path can feed (not those needing vision attention)."""
-    return ("glimpse", *sorted(name for name, cls in SELECTORS.items() if "vision_attn" not in cls.needs))
+    """The glimpse and the training-free selectors the Qwen2.5-VL family feeds (this benchmark's only family)."""
+    from glimpserl.models.qwen2_vl.adapter import Qwen2_5_VLAdapter
+
+    return ("glimpse", *usable_selectors(Qwen2_5_VLAdapter.pruner_signals))
 
 
 def _int_list(text: str, flag: str) -> list[int]:

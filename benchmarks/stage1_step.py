@@ -49,8 +49,9 @@ def _batch(processor, size: int, n: int):
 def run(args: argparse.Namespace) -> dict:
     from ..models import GlimpseConfig, add_glimpse
     from ..models.tiny import build_tiny_processor
+    from ..rl.collate import model_inputs
     from ..rl.configs import VIPTrainingConfig
-    from ..rl.vip_trainer import MODEL_INPUTS, VIPTrainer, freeze_all_but_glimpse
+    from ..rl.vip_trainer import VIPTrainer, freeze_all_but_glimpse
 
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> dict:
         k: v.to(device) if isinstance(v, torch.Tensor) else v
         for k, v in _batch(processor, side * 28, args.batch).items()
     }
-    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    inputs = model_inputs(batch)
     model = add_glimpse(build_arm(spec, processor, device, "unpruned"), GlimpseConfig(layer=spec.layer_k))
     config = VIPTrainingConfig(
         output_dir="/tmp/glimpserl-bench", report_to="none", box_weight=1.0, use_cpu=device.type == "cpu"

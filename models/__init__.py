@@ -1,8 +1,15 @@
 """Glimpse token, VIP and the pruned forward pass for Hugging Face VLMs."""
 
-from .adapter import freeze_vision, get_adapter, supported_model_types
+from .adapter import (
+    VLMAdapter,
+    adapter_for_type,
+    freeze_vision,
+    get_adapter,
+    processor_adapter,
+    supported_model_types,
+)
 from .config import GlimpseConfig
-from .forward import GlimpseCacheState
+from .forward import GlimpseCacheState, PruneRequest
 from .glimpse import (
     add_glimpse,
     check_glimpse_checkpoint,
@@ -17,12 +24,16 @@ __all__ = [
     "GlimpseCacheState",
     "GlimpseConfig",
     "GlimpseResult",
+    "PruneRequest",
+    "VLMAdapter",
+    "adapter_for_type",
     "add_glimpse",
     "check_glimpse_checkpoint",
     "freeze_vision",
     "get_adapter",
     "glimpse_module",
     "load_glimpse",
+    "processor_adapter",
     "read_glimpse_config",
     "save_glimpse",
     "supported_model_types",

@@ -35,11 +35,11 @@ class GlimpseConfig:
         metadata={"help": "Optional cap on the fraction of each image's visual tokens kept (top-k by VIP logit)."},
     )
     min_keep: int = field(default=1, metadata={"help": "Each image keeps at least this many visual tokens."})
-    readout: Literal["logits", "log_softmax"] = field(
-        default="logits",
+    readout: Literal["logits", "log_softmax"] | None = field(
+        default=None,
         metadata={
-            "help": "Glimpse read-out per head: raw scaled logits q.k/sqrt(d) (Qwen) or their log-softmax over all "
-            "keys (LLaVA)."
+            "help": "Glimpse read-out per head: raw scaled logits q.k/sqrt(d) or their log-softmax over all keys. "
+            "Default: the model family's (logits for Qwen2-VL / Qwen2.5-VL, log_softmax for LLaVA)."
         },
     )
     vip_hidden_size: int = field(default=256, metadata={"help": "Width of the VIP."})
@@ -51,8 +51,9 @@ class GlimpseConfig:
     vision_feature_layers: list[int] | None = field(
         default=None,
         metadata={
-            "help": "Vision-encoder blocks whose outputs condition VIP block i (one per VIP block). Default: evenly "
-            "spaced from the last block down (31, 23, 15, 7 for a 32-block encoder)."
+            "help": "Vision-encoder blocks (0-based; the output of block i) whose features condition VIP block i, one "
+            "per VIP block. Default: the model family's (Qwen: evenly spaced from the last block down, 31, 23, 15, 7 "
+            "of 32; LLaVA: from the projector's feature block down, 22, 16, 10, 4 of CLIP-L's 24)."
         },
     )
     vip_rope_theta: float = field(default=100.0, metadata={"help": "Base of the VIP's 2D rotary embedding."})
@@ -68,7 +69,7 @@ class GlimpseConfig:
             raise ValueError(f"GlimpseConfig.max_keep_ratio must be in (0, 1], got {self.max_keep_ratio}.")
         if self.min_keep < 1:
             raise ValueError(f"GlimpseConfig.min_keep must be >= 1, got {self.min_keep}.")
-        if self.readout not in ("logits", "log_softmax"):
+        if self.readout not in (None, "logits", "log_softmax"):
             raise ValueError(f"GlimpseConfig.readout must be 'logits' or 'log_softmax', got {self.readout!r}.")
         if self.vip_hidden_size % (2 * self.vip_num_heads) or (self.vip_hidden_size // self.vip_num_heads) % 4:
             raise ValueError(
@@ -76,8 +77,17 @@ class GlimpseConfig:
                 f"{self.vip_hidden_size} / {self.vip_num_heads}."
             )
 
-    def resolve(self, num_text_layers: int, num_vision_layers: int) -> GlimpseConfig:
-        """Return a copy with the model-dependent defaults filled in and checked against the model's depth."""
+    def resolve(
+        self,
+        num_text_layers: int,
+        num_vision_layers: int,
+        readout: str = "logits",
+        feature_layers: list[int] | None = None,
+    ) -> GlimpseConfig:
+        """Return a copy with the model-dependent defaults filled in and checked against the model's depth.
+
+        readout, feature_layers: the model family's defaults for the fields left unset (feature_layers None: evenly
+        spaced from the last vision block down)."""
         layer = self.layer
         if layer is None:
             layer = min(round(DEFAULT_LAYER_FRACTION * num_text_layers), num_text_layers - 2)
@@ -86,7 +96,7 @@ class GlimpseConfig:
                 f"GlimpseConfig.layer={layer} is outside [0, {num_text_layers - 2}] for a {num_text_layers}-layer "
                 "decoder: at least one layer must run after the glimpse for pruning to save anything."
             )
-        feats = self.vision_feature_layers
+        feats = self.vision_feature_layers if self.vision_feature_layers is not None else feature_layers
         if feats is None:
             n = self.vip_num_blocks
             feats = [num_vision_layers - 1 - (i * num_vision_layers) // n for i in range(n)]
@@ -100,7 +110,9 @@ class GlimpseConfig:
             raise ValueError(
                 f"GlimpseConfig.vision_feature_layers {bad} are outside the vision encoder's {num_vision_layers} blocks."
             )
-        return dataclasses.replace(self, layer=layer, vision_feature_layers=list(feats))
+        return dataclasses.replace(
+            self, layer=layer, readout=self.readout or readout, vision_feature_layers=list(feats)
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,31 +1,36 @@
 """The pruned decoder pass, shared by every model family whose decoder layers are Llama-style
 (input_layernorm -> self_attn{q,k,v,o}_proj -> post_attention_layernorm -> mlp).
 
-Prefill with images:
-1. layers 0..K run on the full sequence (with the KV cache when generating);
-2. beside them, the glimpse token runs as one extra query after the prompt: at each layer l < K it attends to the
-   prompt's keys/values of layer l and to itself; nothing ever attends to it. Each layer hands over the rotated
-   keys/values it computed itself (the generation cache, or a private one in a pass that fills none), so no custom
-   mask or attention kernel is needed; only a gradient-checkpointed layer, which takes no cache, has them
-   recomputed from its input;
-3. at layer K its query is read out against every visual key: the VIP turns the read-out into keep logits;
-4. prune mode: the kept columns (and their KV cache of layers 0..K) are gathered into a shorter, left-padded
-   sequence with their ORIGINAL position ids, and layers K+1.. run on it. Masked mode: same length, each visual
-   key gets an additive log(keep_prob) in layers K+1.. (a hard 0/1 mask equals physical removal).
+Prefill with images, in named steps (`pruned_decoder_forward`):
+1. `_prompt_layers`: layers 0..K run on the prompt (with the KV cache when generating); beside them the glimpse
+   token runs as one extra query after the prompt: at each layer l < K it attends to the prompt's keys/values of
+   layer l and to itself; nothing ever attends to it. Each layer hands over the rotated keys/values it computed
+   itself (the generation cache, or a private one in a pass that fills none), so no custom mask or attention kernel
+   is needed; only a gradient-checkpointed layer, which takes no cache, has them recomputed from its input. At layer
+   K the glimpse query is read out against every visual key;
+2. `_decide`: the VIP turns the read-out into keep logits and a keep decision (or a training-free pruner decides,
+   or a reused decision is applied);
+3. `_completion_layers` (a pass with a completion after the prompt): the completion runs layers 0..K as side tokens
+   that see only the kept prompt tokens;
+4. `_short_sequence` (prune mode): the kept columns (and their KV cache of layers 0..K) are gathered into a shorter,
+   left-padded sequence with their ORIGINAL position ids; `_masked_sequence` (masked mode): same length, each visual
+   key gets an additive log(keep_prob) in layers K+1.. (a hard 0/1 mask equals physical removal);
+5. layers K+1.. run, then `_final_states` puts the output where the caller reads it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
+from .inputs import GlimpseInputs
 from .pruning import GlimpseResult, decide_keep, gather_cache_layers, gather_columns, key_bias, pruned_layout
 from .side_path import _last_token_attention, glimpse_readout, prompt_keys_values, side_layer_step
 from .vip import GlimpseModule
@@ -38,29 +43,127 @@ e.g., a straight-through estimator can be exact in value and smooth in gradient.
 
 
 @dataclass
-class GlimpseInputs:
-    """Everything the family adapter prepared for the decoder pass."""
+class PruneRequest:
+    """What one pruned forward is asked to do: the `glimpse_*` keywords of a glimpse model's forward."""
 
-    inputs_embeds: torch.Tensor
-    """[batch, seq, hidden] token embeddings with the image features scattered in."""
+    mode: GlimpseMode = "prune"
+    """"prune" (physical removal after layer K), "mask" (differentiable training mode) or "off" (the vanilla model)."""
+    keep: torch.Tensor | None = None
+    """[batch, >= prompt] bool: a keep decision to reuse instead of the VIP's (visual columns only)."""
+    vip_logits: bool = True
+    """With `keep` given, False skips the glimpse token and the VIP altogether (the result's logits are zeros)."""
+    mask_fn: MaskFn | None = None
+    """Masked mode only: VIP logits -> key bias (default: the hard decision, 0 / -inf)."""
+    prompt_length: int | None = None
+    """Columns of the prompt when a completion follows it (a training / log-prob pass); such a pass fills no cache."""
+    noise: torch.Tensor | None = None
+    """[batch, >= prompt] uniform noise: sample the keep mask from the VIP (Bernoulli) instead of thresholding it."""
+    pruner: Any = None
+    """A training-free pruner (`models.baselines.TrainingFreePruner`) deciding instead of the VIP."""
+
+    PREFIX = "glimpse_"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("prune", "mask", "off"):
+            raise ValueError(f"glimpse_mode must be 'prune', 'mask' or 'off', got {self.mode!r}.")
+
+    @classmethod
+    def pop_from(cls, kwargs: dict) -> PruneRequest:
+        """Take the `glimpse_*` keywords out of a forward's kwargs (None means the default)."""
+        given = {f.name: kwargs.pop(cls.PREFIX + f.name) for f in fields(cls) if cls.PREFIX + f.name in kwargs}
+        return cls(**{name: value for name, value in given.items() if value is not None})
+
+    def cut_layer(self, glimpse: GlimpseModule) -> int:
+        """The layer after which visual tokens are dropped: the glimpse's K, or a training-free pruner's own layer
+        (-1 = before the first layer)."""
+        own = getattr(self.pruner, "layer", None)
+        return glimpse.config.layer if own is None else own
+
+    @property
+    def runs_glimpse(self) -> bool:
+        """Whether the glimpse token and the VIP run (a reused decision whose logits nobody reads skips them)."""
+        return self.pruner is None and (self.keep is None or self.vip_logits)
+
+
+@dataclass
+class GlimpseCacheState:
+    """Stored on the generation cache as `cache.glimpse_state`: what decode steps need after a pruned prefill."""
+
+    result: GlimpseResult
     attention_mask: torch.Tensor
-    """[batch, seq] 1 = real token, 0 = padding."""
-    position_ids: torch.Tensor
-    """[axes, batch, seq] rotary positions (3 axes for M-RoPE)."""
-    visual_mask: torch.Tensor
-    """[batch, seq] bool, visual tokens."""
-    vision_features: list[torch.Tensor]
-    """One [images, tokens, vision_size] per VIP block, padded over images."""
-    grid_rows: torch.Tensor
-    """[images, tokens] row of each visual token in its image's token grid."""
-    grid_cols: torch.Tensor
-    """[images, tokens] column, as grid_rows."""
-    image_token_mask: torch.Tensor
-    """[images, tokens] bool, False on padding."""
-    segments: list[list[tuple[int, int]]]
-    """Per sample, (start, end) columns of each image, in the same order as the images dimension."""
-    grids: list[tuple[int, int]]
-    """(rows, cols) of each image's visual-token grid, images in order."""
+    """[batch, kept_len] padding mask of the pruned prefix."""
+    prompt_length: int
+    """Unpruned length of the prefill (columns of the original input)."""
+    next_position: torch.Tensor
+    """[axes, batch] rotary position of the first generated token (last prompt position + 1, unpruned)."""
+
+
+@dataclass
+class _Pass:
+    """The fixed parts of one pruned forward, shared by its steps."""
+
+    text: nn.Module
+    glimpse: GlimpseModule
+    inputs: GlimpseInputs
+    adapter: Any
+    """The family adapter: rotary function, rotary tables."""
+    request: PruneRequest
+    cache: Any
+    use_cache: bool
+    prompt: int
+    layer_kwargs: dict
+
+    @property
+    def k_layer(self) -> int:
+        return self.request.cut_layer(self.glimpse)
+
+    @property
+    def seq(self) -> int:
+        return self.inputs.attention_mask.shape[1]
+
+    @property
+    def has_completion(self) -> bool:
+        return self.prompt < self.seq
+
+    def rope(self, hidden: torch.Tensor, positions: torch.Tensor):
+        return self.adapter.rotary_tables(self.text, hidden, positions)
+
+    def run_layers(self, layers, h: torch.Tensor, mask, rope, cache) -> torch.Tensor:
+        for idx in layers:
+            layer = self.text.layers[idx]
+            h = layer(
+                h,
+                attention_mask=mask,
+                position_embeddings=rope,
+                cache=cache,
+                use_cache=self.use_cache,
+                **self.layer_kwargs,
+            )
+        return h
+
+
+@dataclass
+class _PromptPass:
+    """What layers 0..K leave behind on the prompt columns."""
+
+    hidden: torch.Tensor
+    """[batch, prompt, hidden] prompt states after layer K."""
+    layer_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    """Each layer's rotated prompt (keys, values), kept when a completion follows."""
+    readout: torch.Tensor | None
+    """[batch, heads, prompt] the glimpse's read-out at layer K."""
+    attn_last: torch.Tensor | None
+    """[batch, prompt] the last prompt token's attention at layer K (FastV-style pruners)."""
+
+
+@dataclass
+class _Decision:
+    keep: torch.Tensor
+    """[batch, seq] bool hard keep decision."""
+    bias: torch.Tensor
+    """[batch, seq] additive log-mask on visual keys (0 / -inf for a hard decision, 0 on text)."""
+    logits: torch.Tensor
+    """[batch, seq] VIP logits (zeros where no VIP ran)."""
 
 
 def _vip_logits(glimpse: GlimpseModule, readout: torch.Tensor, inputs: GlimpseInputs) -> torch.Tensor:
@@ -96,80 +199,45 @@ def _masked_attention_bias(attention_mask: torch.Tensor, bias: torch.Tensor, dty
     return mask[:, None].to(dtype)
 
 
-def _kept_counts(keep: torch.Tensor, segments: list[list[tuple[int, int]]]) -> list[list[int]]:
-    return [[int(keep[b, s:e].sum()) for s, e in runs] for b, runs in enumerate(segments)]
-
-
-@dataclass
-class GlimpseCacheState:
-    """Stored on the generation cache as `cache.glimpse_state`: what decode steps need after a pruned prefill."""
-
-    result: GlimpseResult
-    attention_mask: torch.Tensor
-    """[batch, kept_len] padding mask of the pruned prefix."""
-    prompt_length: int
-    """Unpruned length of the prefill (columns of the original input)."""
-    next_position: torch.Tensor
-    """[batch] rotary position of the first generated token (last prompt position + 1, unpruned)."""
-
-
-def _run_layers(text_model, layer_range, h, mask, rope, cache, use_cache, **kwargs) -> torch.Tensor:
-    for idx in layer_range:
-        h = text_model.layers[idx](
-            h, attention_mask=mask, position_embeddings=rope, cache=cache, use_cache=use_cache, **kwargs
-        )
-    return h
-
-
-def cut_layer(glimpse: GlimpseModule, pruner=None) -> int:
-    """The layer after which visual tokens are dropped: the glimpse's K, or a training-free pruner's own layer
-    (-1 = before the first layer)."""
-    own = getattr(pruner, "layer", None)
-    return glimpse.config.layer if own is None else own
-
-
 def _checkpointed(layer) -> bool:
     """Whether the layer runs under gradient checkpointing now: it then takes no cache (a replay would fill it twice)."""
     return getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled()
 
 
-def _prompt_with_glimpse(
-    text_model, glimpse, inputs, prompt, rotary, cache, use_cache, keep_kv, run_glimpse, pruner, **kwargs
-):
-    """Layers 0..K on the prompt columns, the glimpse beside them (if run_glimpse), and its read-out at layer K.
+def _prompt_layers(p: _Pass) -> _PromptPass:
+    """Layers 0..K on the prompt columns, the glimpse beside them (when it runs), and its read-out at layer K.
 
-    The glimpse (and, with keep_kv, a completion later) reads the rotated prompt keys/values each layer computed
-    itself: from the generation cache, or from a private one the layer fills in a pass without cache. With a
-    training-free `pruner` the glimpse does not run; FastV-style pruners get the last prompt token's attention at
-    layer K instead. Returns (prompt states after layer K, each layer's prompt (keys, values) if keep_kv, read-out
-    [batch, heads, prompt] or None, last-token attention [batch, prompt] or None).
+    The glimpse (and, when a completion follows, the completion) reads the rotated prompt keys/values each layer
+    computed itself: from the generation cache, or from a private one the layer fills in a pass without cache. With a
+    training-free pruner the glimpse does not run; FastV-style pruners get the last prompt token's attention at
+    layer K instead.
     """
-    cfg = glimpse.config
-    k_layer = cut_layer(glimpse, pruner)
-    h = inputs.inputs_embeds[:, :prompt]
-    attention_mask = inputs.attention_mask[:, :prompt]
-    positions = inputs.position_ids[:, :, :prompt]
-    mask = create_causal_mask(config=text_model.config, inputs_embeds=h, attention_mask=attention_mask, cache=cache)
-    rope = text_model.rotary_emb(h, positions)
-    g_rope = text_model.rotary_emb(h, positions[:, :, -1:] + 1)
+    cfg, rotary, prompt = p.glimpse.config, p.adapter.rotary(), p.prompt
+    pruner, run_glimpse, keep_kv = p.request.pruner, p.request.runs_glimpse, p.has_completion
+    h = p.inputs.inputs_embeds[:, :prompt]
+    attention_mask = p.inputs.attention_mask[:, :prompt]
+    positions = p.inputs.position_ids[:, :, :prompt]
+    mask = create_causal_mask(config=p.text.config, inputs_embeds=h, attention_mask=attention_mask, cache=p.cache)
+    rope = p.rope(h, positions)
+    g_rope = p.rope(h, positions[:, :, -1:] + 1)
     g_bias = torch.zeros(attention_mask.shape, device=h.device).masked_fill(attention_mask == 0, float("-inf"))
     g_mask = attention_mask.new_ones(h.shape[0], 1)
-    g = glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if run_glimpse else None
+    g = p.glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if run_glimpse else None
     store = None  # the private cache of a pass without one, created when first needed
-    layer_kv, readout, attn_last = [], None, None
-    for idx in range(k_layer + 1):
-        layer = text_model.layers[idx]
+    out = _PromptPass(h, [], None, None)
+    for idx in range(p.k_layer + 1):
+        layer = p.text.layers[idx]
         h_in = h
-        fastv = pruner is not None and idx == k_layer and pruner.needs_attn_last
+        fastv = pruner is not None and idx == p.k_layer and pruner.needs_attn_last
         needs_kv = keep_kv or run_glimpse or fastv
-        if cache is not None:
-            filled = cache
+        if p.cache is not None:
+            filled = p.cache
         elif needs_kv and not _checkpointed(layer):
-            store = store if store is not None else DynamicCache(config=text_model.config)
+            store = store if store is not None else DynamicCache(config=p.text.config)
             filled = store
         else:
             filled = None
-        h = _run_layers(text_model, [idx], h, mask, rope, filled, use_cache, **kwargs)
+        h = p.run_layers([idx], h, mask, rope, filled)
         if not needs_kv:
             continue
         if filled is not None:
@@ -177,161 +245,166 @@ def _prompt_with_glimpse(
         else:
             kv = prompt_keys_values(layer, h_in, rope, rotary)
         if keep_kv:
-            layer_kv.append(kv)
+            out.layer_kv.append(kv)
         if fastv:
-            attn_last = _last_token_attention(layer, h_in, rope, attention_mask, rotary, kv[0])
+            out.attn_last = _last_token_attention(layer, h_in, rope, attention_mask, rotary, kv[0])
         if not run_glimpse:
             continue
         if idx > 0:
-            g = g + glimpse.embedding(idx).to(h.dtype)
+            g = g + p.glimpse.embedding(idx).to(h.dtype)
         if idx < cfg.layer:
             g = side_layer_step(layer, g, g_rope, g_mask, kv, g_bias, rotary)
         else:
-            readout = glimpse_readout(layer, g, h_in, rope, g_rope, attention_mask, rotary, cfg.readout, kv[0])
-    return h, layer_kv, readout, attn_last
+            out.readout = glimpse_readout(layer, g, h_in, rope, g_rope, attention_mask, rotary, cfg.readout, kv[0])
+    out.hidden = h
+    return out
 
 
-def _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise=None, pruner=None, attn_last=None):
-    """Keep decision over all columns: (hard keep [batch, seq] bool, key bias [batch, seq], VIP logits).
-
-    The key bias is the additive log-mask on visual keys (0 / -inf for a hard decision, 0 on text). A
-    training-free pruner decides instead of the VIP, and a reused decision without a read-out skips it: the
-    logits are then zeros.
-    """
+def _decide(p: _Pass, prompt_pass: _PromptPass) -> _Decision:
+    """The keep decision over all columns. A training-free pruner decides instead of the VIP, and a reused decision
+    without a read-out skips it: the logits are then zeros."""
+    inputs, request, prompt = p.inputs, p.request, p.prompt
     visual = inputs.visual_mask
     seq = visual.shape[1]
-    if pruner is not None:
-        logits = torch.zeros(visual.shape, device=visual.device)
+    if request.pruner is not None:
         pad = (0, seq - prompt)
-        signal = None if attn_last is None else torch.nn.functional.pad(attn_last, pad)
+        signal = None if prompt_pass.attn_last is None else torch.nn.functional.pad(prompt_pass.attn_last, pad)
         text = inputs.attention_mask.bool() & ~visual
         text[:, prompt:] = False
-        keep = pruner.keep_mask(inputs.inputs_embeds, visual, inputs.segments, signal, text)
-        return keep, key_bias(keep.float(), visual), logits
-    if readout is None:
+        keep = request.pruner.keep_mask(
+            inputs.inputs_embeds, visual, inputs.segments, signal, text, inputs.vision_attention
+        )
+        return _Decision(keep, key_bias(keep.float(), visual), torch.zeros(visual.shape, device=visual.device))
+    if prompt_pass.readout is None:
         logits = torch.zeros(visual.shape, device=visual.device)
     else:
-        logits = _vip_logits(glimpse, torch.nn.functional.pad(readout, (0, seq - prompt)), inputs)
-    if keep is not None:
+        logits = _vip_logits(p.glimpse, torch.nn.functional.pad(prompt_pass.readout, (0, seq - prompt)), inputs)
+    if request.keep is not None:
         # A reused decision covers at least the prompt; later columns (a completion) are text and always kept.
-        keep = torch.nn.functional.pad(
-            keep[:, :seq].to(visual.device).bool(), (0, seq - min(keep.shape[1], seq)), value=True
-        )
+        keep = request.keep[:, :seq].to(visual.device).bool()
+        keep = torch.nn.functional.pad(keep, (0, seq - keep.shape[1]), value=True)
         keep = torch.where(visual, keep, torch.ones_like(visual))
-    elif mode == "mask" and mask_fn is not None:
-        bias = torch.where(visual, mask_fn(logits, visual), torch.zeros_like(logits))
-        return bias > -math.log(2.0), bias, logits
+    elif request.mode == "mask" and request.mask_fn is not None:
+        bias = torch.where(visual, request.mask_fn(logits, visual), torch.zeros_like(logits))
+        return _Decision(bias > -math.log(2.0), bias, logits)
     else:
-        noise = noise[:, :seq] if noise is not None else None
-        keep = decide_keep(logits.detach(), visual, inputs.segments, glimpse.config, noise)
-    return keep, key_bias(keep.float(), visual), logits
+        noise = request.noise[:, :seq] if request.noise is not None else None
+        keep = decide_keep(logits.detach(), visual, inputs.segments, p.glimpse.config, noise)
+    return _Decision(keep, key_bias(keep.float(), visual), logits)
+
+
+def _completion_layers(p: _Pass, prompt_pass: _PromptPass, decision: _Decision) -> torch.Tensor:
+    """The completion after the prompt through layers 0..K as side tokens: [batch, seq - prompt, hidden]. It sees
+    exactly what generation showed it: the kept prompt tokens only."""
+    prompt = p.prompt
+    completion = p.inputs.inputs_embeds[:, prompt:]
+    if not p.has_completion:
+        return completion
+    prompt_mask = p.inputs.attention_mask[:, :prompt]
+    prompt_bias = decision.bias[:, :prompt].masked_fill(prompt_mask == 0, float("-inf"))
+    rope = p.rope(completion, p.inputs.position_ids[:, :, prompt:])
+    for idx in range(p.k_layer + 1):
+        completion = side_layer_step(
+            p.text.layers[idx],
+            completion,
+            rope,
+            p.inputs.attention_mask[:, prompt:],
+            prompt_pass.layer_kv[idx],
+            prompt_bias,
+            p.adapter.rotary(),
+        )
+    return completion
+
+
+def _masked_sequence(p: _Pass, prompt_pass: _PromptPass, completion: torch.Tensor, decision: _Decision, result):
+    """Masked mode: the full-length sequence with each visual key's log keep-probability added in layers K+1..
+    Returns (hidden, attention mask for layers K+1.., positions, padding mask)."""
+    result.keep_prob = decision.bias.exp()
+    h = torch.cat([prompt_pass.hidden, completion], dim=1)
+    mask = _masked_attention_bias(p.inputs.attention_mask, decision.bias, h.dtype)
+    return h, mask, p.inputs.position_ids, p.inputs.attention_mask
+
+
+def _short_sequence(p: _Pass, prompt_pass: _PromptPass, completion: torch.Tensor, decision: _Decision, result):
+    """Prune mode: the kept prompt columns, right-aligned, then the completion; the cache of layers 0..K is gathered
+    to the same layout. Returns (hidden, attention mask for layers K+1.., positions, padding mask)."""
+    prompt, positions = p.prompt, p.inputs.position_ids
+    prompt_mask = p.inputs.attention_mask[:, :prompt]
+    index, valid = pruned_layout(decision.keep[:, :prompt])
+    h = torch.cat([gather_columns(prompt_pass.hidden, index, dim=1), completion], dim=1)
+    tail = torch.arange(prompt, p.seq, device=index.device).expand(index.shape[0], -1)
+    result.kept_index = torch.cat([index, tail], dim=1)
+    kept_positions = positions.gather(2, index[None].expand(positions.shape[0], -1, -1))
+    positions = torch.cat([kept_positions, positions[:, :, prompt:]], dim=2)
+    attention_mask = torch.cat([prompt_mask.gather(1, index) * valid, p.inputs.attention_mask[:, prompt:]], dim=1)
+    if p.cache is not None:
+        gather_cache_layers(p.cache, range(p.k_layer + 1), index)
+    mask = create_causal_mask(
+        config=p.text.config, inputs_embeds=h, attention_mask=attention_mask, cache=p.cache, layer_idx=p.k_layer + 1
+    )
+    return h, mask, positions, attention_mask
+
+
+def _final_states(p: _Pass, h: torch.Tensor) -> torch.Tensor:
+    """The final norm; a pruned pass with a completion goes back to the input's columns, where a caller's labels
+    [batch, seq] are (TRL's fused LM head shifts them against these states): the last kept prompt token predicts the
+    completion's first token, as in generation. Every column before it is zeros (nothing is scored on it)."""
+    if p.request.mode == "prune" and p.has_completion:
+        tail = p.seq - p.prompt + 1
+        return torch.nn.functional.pad(p.text.norm(h[:, -tail:]), (0, 0, p.seq - tail, 0))
+    return p.text.norm(h)
 
 
 def pruned_decoder_forward(
-    text_model: nn.Module,
+    text: nn.Module,
     glimpse: GlimpseModule,
     inputs: GlimpseInputs,
-    rotary: Callable,
+    adapter,
+    request: PruneRequest,
     cache=None,
     use_cache: bool = False,
-    mode: GlimpseMode = "prune",
-    keep: torch.Tensor | None = None,
-    mask_fn: MaskFn | None = None,
-    prompt_length: int | None = None,
-    noise: torch.Tensor | None = None,
-    pruner=None,
-    vip_logits: bool = True,
-    **kwargs,
+    **layer_kwargs,
 ) -> tuple[torch.Tensor, GlimpseResult, object]:
-    """Run the decoder with the glimpse; returns (last hidden states after the final norm, result, cache).
+    """Run the decoder `text` with the glimpse (see `PruneRequest` for what can be asked); returns (last hidden
+    states after the final norm, result, cache).
 
-    keep: optional [batch, >= prompt] bool, a keep decision to reuse instead of the VIP's (visual columns only).
-    vip_logits: with `keep` given, False skips the glimpse token and the VIP altogether (the result's logits are
-    then zeros): a pass that reuses a decision and learns nothing from the VIP needs neither.
-    noise: optional [batch, >= prompt] uniform noise: sample the keep mask from the VIP (Bernoulli) instead of
-    thresholding it.
-    mask_fn: masked mode only, turns VIP logits into the key bias (default: the hard decision, 0 / -inf).
-    prompt_length: columns of the prompt when a completion follows (a training / log-prob pass). The completion
-    then sees in every layer exactly what generation would have shown it: the kept prompt tokens only (layers
-    0..K as side tokens, layers K+1.. in the short sequence). Such a pass fills no cache.
     Hidden states are [batch, seq, hidden] at the input's columns in masked mode and in a pass with a completion
-    (prune mode: the last prompt token and the completion are there, every column before them is zeros: nothing
-    is scored on it), and [batch, kept_len, hidden] in the pruned layout (`result.kept_index`) for a prompt alone.
+    (prune mode: the last prompt token and the completion are there, every column before them is zeros: nothing is
+    scored on it), and [batch, kept_len, hidden] in the pruned layout (`result.kept_index`) for a prompt alone.
     """
-    k_layer = cut_layer(glimpse, pruner)
-    attention_mask, position_ids, visual = inputs.attention_mask, inputs.position_ids, inputs.visual_mask
-    seq = attention_mask.shape[1]
-    prompt = prompt_length or seq
+    seq = inputs.attention_mask.shape[1]
+    prompt = request.prompt_length or seq
     if prompt < seq:
         use_cache = False
-    if mode == "mask" and use_cache:
+    if request.mode == "mask" and use_cache:
         raise ValueError("glimpse_mode='mask' is a training mode and cannot fill a generation cache.")
     if not use_cache:
         cache = None
     elif cache is None:
-        cache = DynamicCache(config=text_model.config)
+        cache = DynamicCache(config=text.config)
+    p = _Pass(text, glimpse, inputs, adapter, request, cache, use_cache, prompt, layer_kwargs)
 
-    run_glimpse = pruner is None and (keep is None or vip_logits)
-    h, prompt_kv, readout, attn_last = _prompt_with_glimpse(
-        text_model, glimpse, inputs, prompt, rotary, cache, use_cache, prompt < seq, run_glimpse, pruner, **kwargs
+    prompt_pass = _prompt_layers(p)
+    decision = _decide(p, prompt_pass)
+    if request.mode == "prune":
+        decision.keep[:, :prompt] &= inputs.attention_mask[:, :prompt].bool()  # prompt padding goes too; not text
+    completion = _completion_layers(p, prompt_pass, decision)
+    result = GlimpseResult(
+        inputs.visual_mask, decision.keep, decision.logits, inputs.image_counts, _kept_counts(decision.keep, inputs)
     )
-    keep, bias, logits = _decide(glimpse, inputs, readout, mode, keep, mask_fn, prompt, noise, pruner, attn_last)
-    prompt_mask = attention_mask[:, :prompt]
-    if mode == "prune":
-        keep[:, :prompt] &= prompt_mask.bool()  # prompt padding goes too; it is not text
-
-    completion = inputs.inputs_embeds[:, prompt:]
-    completion_positions = position_ids[:, :, prompt:]
-    if prompt < seq:
-        prompt_bias = bias[:, :prompt].masked_fill(prompt_mask == 0, float("-inf"))
-        completion_rope = text_model.rotary_emb(completion, completion_positions)
-        for idx in range(k_layer + 1):
-            completion = side_layer_step(
-                text_model.layers[idx],
-                completion,
-                completion_rope,
-                attention_mask[:, prompt:],
-                prompt_kv[idx],
-                prompt_bias,
-                rotary,
-            )
-
-    result = GlimpseResult(visual, keep, logits, _counts(inputs), _kept_counts(keep, inputs.segments))
     result.image_grids = _per_sample(inputs.grids, inputs.segments)
-    if mode == "mask":
-        result.keep_prob = bias.exp()
-        h = torch.cat([h, completion], dim=1)
-        mask = _masked_attention_bias(attention_mask, bias, h.dtype)
-    else:
-        index, valid = pruned_layout(keep[:, :prompt])
-        h = torch.cat([gather_columns(h, index, dim=1), completion], dim=1)
-        tail = torch.arange(prompt, seq, device=index.device).expand(index.shape[0], -1)
-        result.kept_index = torch.cat([index, tail], dim=1)
-        kept_positions = position_ids.gather(2, index[None].expand(position_ids.shape[0], -1, -1))
-        position_ids = torch.cat([kept_positions, completion_positions], dim=2)
-        attention_mask = torch.cat([prompt_mask.gather(1, index) * valid, attention_mask[:, prompt:]], dim=1)
-        if cache is not None:
-            gather_cache_layers(cache, range(k_layer + 1), index)
-        mask = create_causal_mask(
-            config=text_model.config,
-            inputs_embeds=h,
-            attention_mask=attention_mask,
-            cache=cache,
-            layer_idx=k_layer + 1,
-        )
-    rope = text_model.rotary_emb(h, position_ids)
-    h = _run_layers(text_model, range(k_layer + 1, len(text_model.layers)), h, mask, rope, cache, use_cache, **kwargs)
-    if mode == "prune" and prompt < seq:
-        # Back to the input's columns, where a caller's labels [batch, seq] are (TRL's fused LM head shifts them
-        # against these states): the last kept prompt token predicts the completion's first token, as in generation.
-        tail = seq - prompt + 1
-        h = torch.nn.functional.pad(text_model.norm(h[:, -tail:]), (0, 0, seq - tail, 0))
-    else:
-        h = text_model.norm(h)
+    build = _masked_sequence if request.mode == "mask" else _short_sequence
+    h, mask, positions, attention_mask = build(p, prompt_pass, completion, decision, result)
+    h = p.run_layers(range(p.k_layer + 1, len(text.layers)), h, mask, p.rope(h, positions), cache)
+    h = _final_states(p, h)
     if cache is not None:
-        next_position = inputs.position_ids[0, :, prompt - 1] + 1
+        next_position = inputs.position_ids[:, :, prompt - 1] + 1
         cache.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position)
     return h, result, cache
+
+
+def _kept_counts(keep: torch.Tensor, inputs: GlimpseInputs) -> list[list[int]]:
+    return [[int(keep[b, s:e].sum()) for s, e in runs] for b, runs in enumerate(inputs.segments)]
 
 
 def _per_sample(items: list, segments: list[list[tuple[int, int]]]) -> list[list]:
@@ -340,7 +413,3 @@ def _per_sample(items: list, segments: list[list[tuple[int, int]]]) -> list[list
         out.append(items[i : i + len(runs)])
         i += len(runs)
     return out
-
-
-def _counts(inputs: GlimpseInputs) -> list[list[int]]:
-    return [[e - s for s, e in runs] for runs in inputs.segments]

@@ -11,7 +11,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import qwen2_vl  # noqa: F401  (registers the Qwen2-VL family adapters)
 from .adapter import get_adapter
 from .config import GlimpseConfig
 from .vip import GlimpseModule
@@ -24,7 +23,7 @@ def add_glimpse(model: nn.Module, config: GlimpseConfig | None = None) -> nn.Mod
     """Attach a new glimpse token and VIP to `model` (in place) and return it.
 
     From then on every forward that carries images (and `generate`) prunes visual tokens after layer K.
-    The new parameters live in `model.model.glimpse`; everything else is untouched and `save_pretrained` keeps
+    The new parameters live in the inner model (`glimpse_module(model)` finds them); everything else is untouched and `save_pretrained` keeps
     writing the base weights only (use `save_glimpse` for the glimpse).
     """
     adapter = get_adapter(model)
@@ -32,7 +31,14 @@ def add_glimpse(model: nn.Module, config: GlimpseConfig | None = None) -> nn.Mod
     if hasattr(inner, "glimpse"):
         raise ValueError("This model already has a glimpse; load new weights with load_glimpse instead.")
     text = adapter.text_model(inner)
-    config = (config or GlimpseConfig()).resolve(text.config.num_hidden_layers, adapter.num_vision_layers(inner))
+    config = config or GlimpseConfig()
+    vision_layers = adapter.num_vision_layers(inner)
+    config = config.resolve(
+        text.config.num_hidden_layers,
+        vision_layers,
+        readout=adapter.default_readout,
+        feature_layers=adapter.default_feature_layers(inner, config.vip_num_blocks),
+    )
     module = GlimpseModule(
         config,
         text_hidden_size=text.config.hidden_size,

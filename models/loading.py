@@ -10,14 +10,15 @@ from pathlib import Path
 
 import torch
 
-from . import tiny  # noqa: F401  (registers the image-only processor with AutoProcessor before any load)
+from . import tiny
+from .adapter import adapter_for_type, load_families, processor_adapter, supported_model_types
+
+# Family folders register their adapters (and any processor class AutoProcessor must know) before anything loads.
+load_families()
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = {
-    "builtin:tiny-qwen2_5_vl": "qwen2_5_vl",
-    "builtin:tiny-qwen2_vl": "qwen2_vl",
-}
-"""Random tiny models, built in-process on first use (weights from a seed)."""
+BUILTIN_MODELS = {f"{BUILTIN_PREFIX}tiny-{model_type}": model_type for model_type in supported_model_types()}
+"""Random tiny models, one per supported model type, built in-process on first use (weights from a seed)."""
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_MODELS = {"builtin:mini-qwen2_5_vl": ASSETS / "mini-qwen2_5_vl"}
 """Trained checkpoints that ship with the package (see each folder's card.json: recipe, seed, held-out accuracy)."""
@@ -89,7 +90,7 @@ def check_model_name(name: str, files: tuple[str, ...] = ("config.json",)) -> No
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
         raise FileNotFoundError(
             f"Model path {name!r} does not exist (relative paths start at {Path.cwd()}): give an existing model "
-            f"folder, a hub id such as Qwen/Qwen2.5-VL-7B-Instruct, or one of {sorted(BUILTIN_MODELS)}."
+            f"folder, a hub id such as llava-hf/llava-1.5-7b-hf, or one of {sorted(BUILTIN_MODELS)}."
         )
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -106,17 +107,11 @@ def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | N
 
     check_model_name(name, PROCESSOR_FILES)
     if is_builtin(name) and name not in SHIPPED_MODELS:
-        family = _builtin_family(name)
-        kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-        return tiny.build_tiny_processor(family, **kwargs)
-    processor = AutoProcessor.from_pretrained(shipped_path(name) if name in SHIPPED_MODELS else name)
-    image_processor = processor.image_processor
-    if min_pixels is not None:
-        image_processor.min_pixels = min_pixels
-        image_processor.size["shortest_edge"] = min_pixels
-    if max_pixels is not None:
-        image_processor.max_pixels = max_pixels
-        image_processor.size["longest_edge"] = max_pixels
+        processor = tiny.build_tiny_processor(_builtin_family(name))
+    else:
+        processor = AutoProcessor.from_pretrained(shipped_path(name) if name in SHIPPED_MODELS else name)
+    if min_pixels is not None or max_pixels is not None:
+        processor_adapter(processor).set_pixel_bounds(processor, min_pixels, max_pixels)
     return processor
 
 
@@ -140,8 +135,31 @@ def load_model(name: str, dtype: str = "float32", attn_implementation: str | Non
     return AutoModelForImageTextToText.from_pretrained(name, **kwargs).eval()
 
 
+def model_type_of(name: str) -> str | None:
+    """The model type `name` loads as, read without loading it (a built-in name, or a folder's config.json, or a
+    LoRA folder's base); None when that needs the hub."""
+    import json
+
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    path = shipped_path(name) if name in SHIPPED_MODELS else Path(name).expanduser()
+    for config, key in (("config.json", "model_type"), ("adapter_config.json", "base_model_name_or_path")):
+        if (path / config).is_file():
+            value = json.loads((path / config).read_text()).get(key)
+            return value if key == "model_type" or not value else model_type_of(value)
+    return None
+
+
+def family_of(name: str):
+    """The adapter of the family `name` loads as, or None when that is unknown without loading it."""
+    model_type = model_type_of(name)
+    return adapter_for_type(model_type) if model_type in supported_model_types() else None
+
+
 __all__ = [
     "builtin_model_path",
+    "family_of",
+    "model_type_of",
     "cache_dir",
     "check_model_name",
     "is_builtin",

@@ -149,7 +149,7 @@ class GlimpseModule(nn.Module):
         input_scale: float = 1.0,
     ):
         super().__init__()
-        if config.layer is None or config.vision_feature_layers is None:
+        if config.layer is None or config.vision_feature_layers is None or config.readout is None:
             raise ValueError("GlimpseModule needs a resolved GlimpseConfig (call config.resolve(...)).")
         self.config = config
         self.embedding = GlimpseEmbedding(config.layer, text_hidden_size, input_scale)

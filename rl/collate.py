@@ -17,9 +17,10 @@ import torch
 class GlimpseCollator:
     """Turn conversational samples (`prompt`, `images`, `answer`, optional `boxes`) into a training batch.
 
-    Output: input_ids / attention_mask / labels [batch, prompt + answer] (labels -100 outside the answer),
-    pixel_values, image_grid_thw, mm_token_type_ids, `prompt_length` (int), and per sample the image sizes and
-    boxes (pixels of the original image) for the box loss.
+    Output: the processor's tensors, those per token ([batch, prompt]: input_ids, attention_mask, token types)
+    extended over the answer to [batch, prompt + answer]; labels [batch, prompt + answer] (-100 outside the answer);
+    `model_input_names` (the processor's keys: what the model takes, see `model_inputs`); `prompt_length` (int); and
+    per sample the image sizes and boxes (pixels of the original image) for the box loss.
     """
 
     processor: Any
@@ -43,15 +44,33 @@ class GlimpseCollator:
         prompt_length = batch["input_ids"].shape[1]
         labels = answer_ids.masked_fill(answer_mask == 0, -100)
         out = dict(batch)
-        out["input_ids"] = torch.cat([batch["input_ids"], answer_ids], dim=1)
-        out["attention_mask"] = torch.cat([batch["attention_mask"].to(answer_mask.dtype), answer_mask], dim=1)
+        extension = {"input_ids": answer_ids, "attention_mask": answer_mask}
+        for key in per_token_keys(batch, batch["input_ids"].shape):
+            # Other per-token inputs are token types: the answer is text (type 0), as TRL extends completions.
+            tail = extension.get(key, torch.zeros_like(answer_ids))
+            out[key] = torch.cat([batch[key].to(tail.dtype), tail], dim=1)
         out["labels"] = torch.cat([torch.full_like(batch["input_ids"], -100), labels], dim=1)
-        if "mm_token_type_ids" in batch:
-            out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(answer_ids)], dim=1)
+        out["model_input_names"] = tuple(batch.keys())
         out["prompt_length"] = prompt_length
         out["image_sizes"] = [[image.size for image in example["images"]] for example in examples]
         out["boxes"] = [list(example.get("boxes") or []) for example in examples]
         return out
+
+
+def per_token_keys(inputs: dict[str, Any], shape: torch.Size) -> list[str]:
+    """Keys of the tensors laid out per token like input_ids ([batch, seq] of the given shape)."""
+    return [key for key, value in inputs.items() if isinstance(value, torch.Tensor) and value.shape == shape]
+
+
+def model_inputs(batch: dict[str, Any], prompt_only: bool = False) -> dict[str, Any]:
+    """What the model takes from a collated batch (the processor's tensors, not the labels or the box fields);
+    `prompt_only` cuts the per-token ones back to the prompt."""
+    inputs = {key: batch[key] for key in batch["model_input_names"]}
+    if prompt_only:
+        prompt = batch["prompt_length"]
+        for key in per_token_keys(inputs, inputs["input_ids"].shape):
+            inputs[key] = inputs[key][:, :prompt]
+    return inputs
 
 
 def _first_answer(example: dict[str, Any]) -> str:

@@ -368,10 +368,12 @@ def check_prompt_fits(
 
 
 def _image_token_id(processor: Any) -> int:
-    token_id = getattr(processor, "image_token_id", None)
-    if token_id is None:
-        token = getattr(processor, "image_token", None) or "<|image_pad|>"
-        token_id = processor.tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == getattr(processor.tokenizer, "unk_token_id", object()):
+    from ..models import processor_adapter
+
+    try:
+        token_id = processor_adapter(processor).image_token_id(processor)
+    except (ValueError, AttributeError, TypeError):
+        token_id = None
+    if token_id is None or token_id == getattr(getattr(processor, "tokenizer", None), "unk_token_id", object()):
         raise ValueError(f"{type(processor).__name__} has no image token; check_prompt_fits needs a VLM processor.")
     return int(token_id)

@@ -123,6 +123,7 @@ class EvalSettings:
         return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
 
     def __post_init__(self) -> None:
+        chosen = self.pruners is not None
         self.pruners = _parse_pruners(self.pruners, self.has_glimpse)
         self._follow_run_card()
         if self.glimpse and self.run_dir:
@@ -152,6 +153,28 @@ class EvalSettings:
         if self.metric not in available_rewards():
             raise ValueError(f"unknown --metric {self.metric!r}; valid metrics: {', '.join(available_rewards())}.")
         self._check_files()
+        self._check_family(chosen)
+
+    def _check_family(self, chosen: bool) -> None:
+        """What the model's family cannot run fails here, before the model loads (when its files name the family;
+        otherwise the pruned forward checks): selectors needing a signal it does not feed, and downsampling on a
+        family with a fixed number of visual tokens (dropped from the default list, an error when asked for)."""
+        from ..models.baselines import TrainingFreePruner
+        from ..models.loading import family_of
+
+        family = family_of(self.model or self.run_dir or BUILTIN_MODEL)
+        if family is None:
+            return
+        for spec in self.baselines:
+            name, layer = parse_pruner_spec(spec)
+            family.check_pruner(name, TrainingFreePruner.build(name, keep_ratio=1.0, layer=layer).selector.needs)
+        if DOWNSAMPLE in self.pruners and not family.dynamic_resolution:
+            if chosen:
+                raise ValueError(
+                    f"pruner {DOWNSAMPLE!r} shrinks images, but the {family.family} family gives every image the same "
+                    "number of visual tokens; drop it from --pruners."
+                )
+            self.pruners.remove(DOWNSAMPLE)
 
     def _check_files(self) -> None:
         """The model, weights and data named, checked without loading them (a model load takes minutes)."""
@@ -223,12 +246,7 @@ def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str
         if name in ARMS and layer is not None:
             raise ValueError(f"pruner {spec!r}: only training-free selectors take @LAYER.")
         if name not in ARMS:
-            pruner = TrainingFreePruner.build(name, keep_ratio=1.0, layer=layer)
-            if "vision_attn" in pruner.selector.needs:
-                raise ValueError(
-                    f"pruner {name!r} needs vision-encoder attention, which glimpserl's pruned forward does not "
-                    f"provide; use one of {', '.join(n for n in valid if n != name)}."
-                )
+            TrainingFreePruner.build(name, keep_ratio=1.0, layer=layer)  # bad parameters fail here
     names = list(dict.fromkeys(names))  # duplicates would only run twice
     return sorted(names, key=lambda n: n != GLIMPSE)
 

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,6 @@ def _synth_defaults(task: str) -> dict:
 BUILTIN_DATA = {"builtin:synth": _synth_defaults("glimpse"), "builtin:shapes": _synth_defaults("shapes")}
 NOT_COLUMNS = ("images", "prompt")
 GROUP_COLUMN = "kind"
-MIN_SHRUNK_PIXELS = 4 * 28 * 28  # downsampling keeps at least 4 visual tokens per image
 """Rows that carry this column (the built-in sets' question kind) also get the metric per value."""
 
 
@@ -186,15 +186,20 @@ def load_eval_model(settings: EvalSettings):
 
 
 class StepClock(StoppingCriteria):
-    """Stamps the wall clock after every generated token (the prefill's included); never stops generation."""
+    """Stamps a clock after every generated token (the prefill's included); never stops generation.
 
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
+    `now` is the clock (benchmarks pass one that also reads CPU time). A CUDA device is synchronised first, so a
+    stamp comes after the step's kernels.
+    """
+
+    def __init__(self, now: Callable[[], object] = time.perf_counter) -> None:
+        self.now = now
+        self.stamps: list = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         if input_ids.is_cuda:
-            torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
+            torch.cuda.synchronize(input_ids.device)
+        self.stamps.append(self.now())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -204,15 +209,11 @@ def encode(processor, rows: list[dict], shrink: float | None = None) -> dict:
     images = [image for row in rows for image in row["images"]]
     kwargs = {}
     if shrink is not None and shrink < 1.0:
+        from ..models import processor_adapter
+
+        kwargs = processor_adapter(processor).shrink_kwargs(processor, shrink)
         scale = math.sqrt(shrink)
         images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale)))) for im in images]
-        size = getattr(processor.image_processor, "size", None)
-        longest, shortest = getattr(size, "longest_edge", None), getattr(size, "shortest_edge", None)
-        if longest:
-            # Both pixel bounds shrink: a processor pinned to one size (min_pixels == max_pixels) would otherwise
-            # scale every image back up to it.
-            bound = max(int(longest * shrink), MIN_SHRUNK_PIXELS)
-            kwargs["size"] = {"shortest_edge": min(shortest or bound, bound), "longest_edge": bound}
     return dict(processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left", **kwargs))
 
 

@@ -12,9 +12,8 @@ from trl import SFTTrainer
 
 from ..models import freeze_vision
 from .checkpoint import CompleteCheckpointMixin
-from .collate import GlimpseCollator
+from .collate import GlimpseCollator, model_inputs
 from .configs import VLMSFTConfig
-from .vip_trainer import MODEL_INPUTS
 
 
 class VLMSFTTrainer(CompleteCheckpointMixin, SFTTrainer):
@@ -33,5 +32,5 @@ class VLMSFTTrainer(CompleteCheckpointMixin, SFTTrainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = {key: inputs[key] for key in (*MODEL_INPUTS, "labels") if key in inputs}
+        inputs = {**model_inputs(inputs), "labels": inputs["labels"]}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

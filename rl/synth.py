@@ -366,8 +366,18 @@ def cached_synth(
     return folder
 
 
+SYNTH_HELP = "Write the synthetic glimpse VQA dataset (images + train/test JSONL with answers and boxes)."
+SYNTH_DESCRIPTION = (
+    "Images whose answer lives in a small region, with the question, the exact answer and the region's box "
+    "(train.jsonl, [val.jsonl,] test.jsonl, images/, dataset.json). Task glimpse: a coloured shape, a digit or a word "
+    "among distractors; task shapes: one object among several equally salient ones, named by its shape or colour. "
+    "Deterministic by seed."
+)
+
+
 def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the `synth` options to `parser` (usable as a sub-command parser)."""
+    """Give `parser` (new, or the `glimpserl data synth` sub-command's) the synth description and options."""
+    parser.description = SYNTH_DESCRIPTION
     parser.add_argument("--out", required=True, type=Path, help="Output folder (created; must be empty).")
     parser.add_argument("--n-train", type=int, default=200, help="Number of training samples (default: 200).")
     parser.add_argument("--n-val", type=int, default=0, help="Number of validation samples (default: 0, none).")
@@ -406,14 +416,14 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def synth_main(argv: list[str] | None = None) -> int:
-    """`python -m glimpserl.rl.synth ...` (the same as `glimpserl data synth ...`)."""
-    parser = argparse.ArgumentParser(
-        prog="glimpserl data synth",
-        description="Write a synthetic VQA set whose answer sits in one small region of each image "
-        "(train.jsonl, [val.jsonl,] test.jsonl, images/, dataset.json).",
-    )
-    args = add_synth_arguments(parser).parse_args(argv)
+    """`python -m glimpserl.rl.synth ...`: the same command as `glimpserl data synth ...`."""
+    parser = add_synth_arguments(argparse.ArgumentParser(prog="glimpserl data synth"))
+    args = parser.parse_args(argv)
     try:
         return run_synth(args)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))
+
+
+if __name__ == "__main__":
+    raise SystemExit(synth_main())

@@ -16,8 +16,7 @@ from tqdm.auto import tqdm
 from ..models import glimpse_module
 from ..models.pruning import decide_keep, image_segments
 from . import losses
-from .collate import GlimpseCollator
-from .vip_trainer import MODEL_INPUTS
+from .collate import GlimpseCollator, model_inputs
 
 OPERATING_THRESHOLDS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)
 
@@ -44,7 +43,7 @@ def evaluate_glimpse(model, processor, samples, batch_size: int = 4, max_answer_
     config = glimpse_module(model).config
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating glimpse", leave=False):
         batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))])
-        inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         labels = batch["labels"].to(device)
         teacher = model(**inputs, glimpse_mode="off", use_cache=False).logits
         pruned = model(**inputs, glimpse_prompt_length=batch["prompt_length"], use_cache=False)
@@ -88,12 +87,7 @@ def vip_logits(model, processor, samples, batch_size: int = 4) -> list[tuple[tor
     out = []
     for start in tqdm(range(0, len(samples), batch_size), desc="calibrating keep threshold", leave=False):
         batch = collate([samples[i] for i in range(start, min(start + batch_size, len(samples)))])
-        prompt = batch["prompt_length"]
-        inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
-        inputs = {
-            k: v[:, :prompt] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
-            for k, v in inputs.items()
-        }
+        inputs = {k: v.to(device) for k, v in model_inputs(batch, prompt_only=True).items()}
         result = model(**inputs, use_cache=False).glimpse
         out.append((result.logits.float().cpu(), result.visual_mask.cpu()))
     model.train(was_training)

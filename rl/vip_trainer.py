@@ -14,10 +14,8 @@ from trl import SFTTrainer
 from ..models import glimpse_module
 from . import losses
 from .checkpoint import COMPLETE_MARKER, GlimpseCheckpointMixin, last_complete_checkpoint
-from .collate import GlimpseCollator
+from .collate import GlimpseCollator, model_inputs
 from .configs import VIPTrainingConfig
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
 def freeze_all_but_glimpse(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -49,11 +47,11 @@ class VIPTrainer(GlimpseCheckpointMixin, SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: VIPTrainingConfig = self.args
         labels = inputs["labels"]
-        model_inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+        batch = model_inputs(inputs)
         with torch.no_grad():
-            teacher = model(**model_inputs, glimpse_mode="off", use_cache=False).logits
+            teacher = model(**batch, glimpse_mode="off", use_cache=False).logits
         student = model(
-            **model_inputs,
+            **batch,
             glimpse_mode="mask",
             glimpse_mask_fn=self._mask_fn,
             glimpse_prompt_length=inputs["prompt_length"],
@@ -116,4 +114,4 @@ class VIPTrainer(GlimpseCheckpointMixin, SFTTrainer):
         return self.accelerator.gather_for_metrics(values.detach().float()).mean().item()
 
 
-__all__ = ["COMPLETE_MARKER", "MODEL_INPUTS", "VIPTrainer", "freeze_all_but_glimpse", "last_complete_checkpoint"]
+__all__ = ["COMPLETE_MARKER", "VIPTrainer", "freeze_all_but_glimpse", "last_complete_checkpoint"]

@@ -21,7 +21,17 @@ from .fastv import FastVSelector
 from .gprune import GPruneSelector, gprune_scores, gprune_transition
 from .pruner import TrainingFreePruner
 from .random_subset import RandomSelector
-from .registry import SELECTORS, SIGNALS, TokenSelector, build_selector, keep_count, register_selector, top_k_mask
+from .registry import (
+    SELECTORS,
+    SIGNALS,
+    TokenSelector,
+    build_selector,
+    check_signals,
+    keep_count,
+    register_selector,
+    top_k_mask,
+    usable_selectors,
+)
 from .visionzip import VisionZipSelector, merge_into_kept, visionzip_split
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "TrainingFreePruner",
     "VisionZipSelector",
     "build_selector",
+    "check_signals",
     "cdpruner_kernel",
     "cdpruner_relevance",
     "dpp_greedy",
@@ -46,5 +57,6 @@ __all__ = [
     "merge_into_kept",
     "register_selector",
     "top_k_mask",
+    "usable_selectors",
     "visionzip_split",
 ]

@@ -63,18 +63,15 @@ class TrainingFreePruner:
         segments: list[list[tuple[int, int]]],
         attn_last: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
+        vision_attn: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[batch, seq] bool keep decision.
 
         features: [batch, seq, hidden] input features (projector outputs at visual columns, token embeddings
-        elsewhere); attn_last: [batch, seq]; text_mask: [batch, seq] bool, the prompt's real text columns (the
-        instruction of each sample is its text after its last image).
+        elsewhere); attn_last, vision_attn: [batch, seq]; text_mask: [batch, seq] bool, the prompt's real text
+        columns (the instruction of each sample is its text after its last image). The model family checked that
+        the signals the selector needs are there (`VLMAdapter.check_pruner`).
         """
-        if "vision_attn" in self.selector.needs:
-            raise ValueError(
-                f"Pruner {self.name!r} needs vision-encoder attention, which the Qwen2-VL path does not expose; "
-                "use gprune, fastv, divprune, cdpruner or random."
-            )
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         keep = ~visual
         for b, runs in enumerate(segments):
@@ -89,7 +86,7 @@ class TrainingFreePruner:
                     features=features[b, start:end].float(),
                     keep=keep_count(n, keep_ratio=self.keep_ratio, budget=self.budget),
                     attn_last=None if attn_last is None else attn_last[b, start:end].float(),
-                    vision_attn=None,
+                    vision_attn=None if vision_attn is None else vision_attn[b, start:end].float(),
                     instruction=instruction,
                     generator=generator,
                 )

@@ -18,6 +18,11 @@ from torch import Tensor
 SIGNALS = frozenset({"attn_last", "vision_attn", "instruction"})
 """Optional signals a selector can ask for in `needs`: per-token `[n]` scores, or the instruction's token
 features `[m, d]`."""
+SIGNAL_NAMES = {
+    "attn_last": "the last prompt token's attention at its layer",
+    "vision_attn": "vision-encoder attention",
+    "instruction": "the instruction's token features",
+}
 
 
 @runtime_checkable
@@ -78,6 +83,23 @@ def build_selector(name: str, **params: object) -> TokenSelector:
                 f"selector {name!r} has no parameter {key!r}; valid parameters: {', '.join(accepted) or '(none)'}"
             )
     return cls(**params)
+
+
+def usable_selectors(available: frozenset[str]) -> list[str]:
+    """Names of the selectors whose signals are all among `available` (what a model family feeds)."""
+    return sorted(name for name, cls in SELECTORS.items() if set(cls.needs) <= set(available))
+
+
+def check_signals(name: str, needs: frozenset[str], available: frozenset[str], family: str) -> None:
+    """The one check that a selector's signals exist on a model family: a selector needing a signal the family
+    does not feed is an error naming the selectors that do run there."""
+    missing = sorted(set(needs) - set(available))
+    if missing:
+        what = " and ".join(SIGNAL_NAMES[signal] for signal in missing)
+        raise ValueError(
+            f"Pruner {name!r} needs {what}, which the {family} model family does not expose; use one of "
+            f"{', '.join(usable_selectors(available))}."
+        )
 
 
 def keep_count(n: int, keep_ratio: float | None = None, budget: int | None = None) -> int:

@@ -13,8 +13,9 @@ What this module does, and the simplifications:
 - `merge_into_kept` is the optional merge step, applied by the caller to the features it will feed
   on. It uses cosine similarity of the projector outputs (VisionZip uses the encoder's keys) and
   averages each receiver with all the tokens assigned to it with equal weights.
-- `vision_attn` is computed by the caller and must be aligned with the post-projector tokens (for
-  Qwen2.5-VL, aggregate the patch-level attention over each 2x2 merge group).
+- `vision_attn` comes from the model family (a family lists "vision_attn" among its pruner signals):
+  aligned with the post-projector tokens, e.g. LLaVA's CLS attention at the projector's feature layer.
+  A family without one (Qwen2-VL's encoder has no CLS and windowed blocks) cannot run this selector.
 - The default `dominant_fraction` is VisionZip's 54 dominant + 10 contextual of 64 tokens.
 """
 

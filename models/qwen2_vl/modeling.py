@@ -1,243 +1,129 @@
-"""Glimpse-aware forwards for the Qwen2-VL family, installed by `add_glimpse` as thin subclasses.
-
-Inner model (`Qwen2VLModel` / `Qwen2_5_VLModel`; the module TRL's fused LM head calls):
-- a forward that carries images runs the pruned decoder (`models.forward`);
-- a decode step on a cache filled by a pruned prefill maps the attention mask onto the shorter cache;
-- `glimpse_mode="off"` is the vanilla model (the stage-1 teacher).
-Outer model (`...ForConditionalGeneration`): the vanilla head, plus `output.glimpse` and labels gathered to the
-pruned layout.
-
-Extra forward keywords (all optional): glimpse_mode ("prune" | "mask" | "off"), glimpse_keep ([batch, seq] bool to
-reuse a keep decision), glimpse_vip_logits (bool, default True: with glimpse_keep, False skips the glimpse and the
-VIP, whose logits nothing then reads), glimpse_mask_fn (masked mode: VIP logits -> log keep-probability, the
-relaxation used in training), glimpse_prompt_length (int: columns of the prompt when a completion follows it; the
-output is then at the input's columns, see `pruned_decoder_forward`), glimpse_noise ([batch, seq] uniform noise:
-sample the keep mask instead of thresholding it; RL rollouts), glimpse_pruner (a training-free pruner deciding
-instead of the VIP).
-"""
+"""How a Qwen2-VL / Qwen2.5-VL forward is fed to the pruned decoder: image features and VIP features from one
+vision-encoder call, 3-axis M-RoPE positions exactly as the vanilla model computes them, and each image's merged
+token grid."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
+from torch import nn
+from transformers.vision_utils import get_vision_window_index
 
-from ..forward import pruned_decoder_forward
-from ..pruning import GlimpseResult
+from ..inputs import GlimpseInputs, grid_coordinates, image_runs, pad_images, scatter_images
 
-_CLASSES: dict[tuple[type, bool], type] = {}
-
-
-@dataclass
-class GlimpseModelOutput(BaseModelOutputWithPast):
-    glimpse: GlimpseResult | None = None
+UNSUPPORTED = {
+    "pixel_values_videos": "glimpse pruning supports images only; this input has videos (pixel_values_videos).",
+    "mm_encoder_outputs": "glimpse pruning runs the vision encoder itself: pass pixel_values, not mm_encoder_outputs.",
+}
 
 
-@dataclass
-class GlimpseCausalLMOutput(CausalLMOutputWithPast):
-    glimpse: GlimpseResult | None = None
+class VisionTaps:
+    """Forward hooks that record chosen vision-block outputs during one vision-encoder call."""
+
+    def __init__(self, blocks: nn.ModuleList, layers: list[int]):
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._handles = [blocks[i].register_forward_hook(self._hook(i)) for i in sorted(set(layers))]
+
+    def _hook(self, idx: int):
+        def record(_module, _args, output):
+            self.outputs[idx] = output[0] if isinstance(output, tuple) else output
+
+        return record
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
 
 
-def _cache_argument(cache, kwargs: dict):
-    """The generation cache, also when a caller still passes it under its pre-5.24 name `past_key_values`."""
-    legacy = kwargs.pop("past_key_values", None)
-    if cache is not None and legacy is not None:
-        raise ValueError("Pass the generation cache once, as `cache` (not also as `past_key_values`).")
-    return cache if cache is not None else legacy
+def merged_features(inner, hidden: torch.Tensor, grid_thw: torch.Tensor, windowed: bool) -> torch.Tensor:
+    """Vision-block output [patches, size] -> one averaged feature per merged token [tokens, size], in raster order.
+
+    Qwen2-VL's patch order already groups each 2x2 merge unit; Qwen2.5-VL (`windowed`) runs its blocks in window
+    order, so the merged features are permuted back.
+    """
+    visual = inner.visual
+    merged = hidden.view(-1, visual.spatial_merge_size**2, hidden.shape[-1]).mean(1)
+    if not windowed:
+        return merged
+    window_index, _ = get_vision_window_index(
+        grid_thw,
+        spatial_merge_size=visual.spatial_merge_size,
+        window_size=visual.window_size,
+        patch_size=visual.patch_size,
+        kwargs={},
+    )
+    return merged[torch.argsort(window_index.to(merged.device))]
 
 
-class GlimpseInnerMixin:
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        cache=None,
-        inputs_embeds=None,
-        use_cache=None,
-        pixel_values=None,
-        pixel_values_videos=None,
-        image_grid_thw=None,
-        video_grid_thw=None,
-        mm_token_type_ids=None,
-        glimpse_mode="prune",
-        glimpse_keep=None,
-        glimpse_vip_logits=True,
-        glimpse_mask_fn=None,
-        glimpse_prompt_length=None,
-        glimpse_noise=None,
-        glimpse_pruner=None,
-        **kwargs,
-    ):
-        cache = _cache_argument(cache, kwargs)
-        vanilla = dict(
+def vision_features(inner, pixel_values, grid_thw, layers: list[int], windowed: bool):
+    """Run the vision encoder once; returns (merged image embeddings [tokens, text_hidden], one
+    [tokens, vision_size] feature per entry of `layers`)."""
+    with VisionTaps(inner.visual.blocks, layers) as taps:
+        out = inner.get_image_features(pixel_values, grid_thw, return_dict=True)
+    embeds = torch.cat(out.pooler_output, dim=0)
+    feats = {i: merged_features(inner, h, grid_thw, windowed) for i, h in taps.outputs.items()}
+    return embeds, [feats[i] for i in layers]
+
+
+def mrope_positions(inner, batch: dict, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """[3, batch, seq] positions: the caller's, else exactly the vanilla model's (including its handling of inputs
+    without mm_token_type_ids)."""
+    input_ids, attention_mask, position_ids = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    if position_ids is None:
+        position_ids = inner.compute_3d_position_ids(
             input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            pixel_values=pixel_values,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-        )
-        if glimpse_mode not in ("prune", "mask", "off"):
-            raise ValueError(f"glimpse_mode must be 'prune', 'mask' or 'off', got {glimpse_mode!r}.")
-        if glimpse_mode == "off":
-            return super().forward(**vanilla, **kwargs)
-        state = getattr(cache, "glimpse_state", None)
-        if pixel_values is None:
-            if state is not None:
-                return self._decode_step(state, vanilla, kwargs)
-            raise ValueError(
-                "This model prunes visual tokens with a glimpse, but the input has no image (no pixel_values). "
-                "Pass an image with the prompt, or call with glimpse_mode='off' for text-only use."
-            )
-        if pixel_values_videos is not None:
-            raise ValueError("glimpse pruning supports images only; this input has videos (pixel_values_videos).")
-        if cache is not None and cache.get_seq_length() > 0:
-            raise ValueError("A glimpse prefill needs an empty cache; got a cache that already holds tokens.")
-        if use_cache is None:
-            use_cache = self.config.text_config.use_cache and not self.training and glimpse_mode == "prune"
-        adapter = self.glimpse_adapter
-        inputs = adapter.prepare(
-            self,
-            self.glimpse,
-            input_ids,
-            attention_mask,
-            position_ids,
-            inputs_embeds,
-            pixel_values,
-            image_grid_thw,
-            mm_token_type_ids,
-        )
-        kwargs.pop("return_dict", None)
-        hidden, result, filled = pruned_decoder_forward(
-            adapter.text_model(self),
-            self.glimpse,
-            inputs,
-            adapter.rotary(),
-            cache=cache,
-            use_cache=use_cache,
-            mode=glimpse_mode,
-            keep=glimpse_keep,
-            vip_logits=glimpse_vip_logits,
-            mask_fn=glimpse_mask_fn,
-            prompt_length=glimpse_prompt_length,
-            noise=glimpse_noise,
-            pruner=glimpse_pruner,
-            **kwargs,
-        )
-        return GlimpseModelOutput(last_hidden_state=hidden, cache=filled, glimpse=result)
-
-    def _decode_step(self, state, vanilla: dict, kwargs: dict):
-        """A generation step after a pruned prefill: same positions as unpruned, attention over the short cache."""
-        cache = vanilla["cache"]
-        new = (vanilla["input_ids"] if vanilla["input_ids"] is not None else vanilla["inputs_embeds"]).shape[1]
-        generated = cache.get_seq_length() - state.attention_mask.shape[1]
-        mask = vanilla["attention_mask"]
-        if mask is not None:
-            mask = torch.cat([state.attention_mask, mask[:, state.prompt_length :]], dim=1)
-        else:
-            ones = state.attention_mask.new_ones(state.attention_mask.shape[0], generated + new)
-            mask = torch.cat([state.attention_mask, ones], dim=1)
-        if vanilla["position_ids"] is None:
-            steps = torch.arange(generated, generated + new, device=state.next_position.device)
-            vanilla["position_ids"] = (state.next_position[:, None] + steps).expand(3, -1, -1)
-        vanilla["attention_mask"] = mask
-        out = super().forward(**vanilla, **kwargs)
-        return GlimpseModelOutput(
-            last_hidden_state=out.last_hidden_state,
-            cache=out.cache,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            glimpse=state.result,
-        )
-
-
-class GlimpseOuterMixin:
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        cache=None,
-        inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        pixel_values=None,
-        pixel_values_videos=None,
-        image_grid_thw=None,
-        video_grid_thw=None,
-        mm_token_type_ids=None,
-        logits_to_keep=0,
-        glimpse_mode="prune",
-        glimpse_keep=None,
-        glimpse_vip_logits=True,
-        glimpse_mask_fn=None,
-        glimpse_prompt_length=None,
-        glimpse_noise=None,
-        glimpse_pruner=None,
-        **kwargs,
-    ):
-        cache = _cache_argument(cache, kwargs)
-        outputs = self.model(
-            input_ids=input_ids,
+            image_grid_thw=batch["image_grid_thw"],
+            video_grid_thw=None,
             attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            pixel_values=pixel_values,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            glimpse_mode=glimpse_mode,
-            glimpse_keep=glimpse_keep,
-            glimpse_vip_logits=glimpse_vip_logits,
-            glimpse_mask_fn=glimpse_mask_fn,
-            glimpse_prompt_length=glimpse_prompt_length,
-            glimpse_noise=glimpse_noise,
-            glimpse_pruner=glimpse_pruner,
-            **kwargs,
+            cache=None,
+            mm_token_type_ids=batch["mm_token_type_ids"],
         )
-        glimpse = getattr(outputs, "glimpse", None)
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:
-            if (
-                glimpse is not None
-                and glimpse.kept_index is not None
-                and outputs.last_hidden_state.shape[1] == glimpse.kept_index.shape[1]
-                and labels.shape[1] == glimpse.keep_mask.shape[1]
-            ):
-                # Labels follow the tokens they belong to into the pruned layout; added padding is ignored.
-                valid = glimpse.keep_mask.gather(1, glimpse.kept_index)
-                labels = labels.gather(1, glimpse.kept_index).masked_fill(~valid, -100)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
-        return GlimpseCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            glimpse=glimpse,
-        )
+    if position_ids is None:  # the vanilla text model then counts positions 0, 1, 2, ...
+        rows, seq = input_ids.shape
+        position_ids = torch.arange(seq, device=input_ids.device).view(1, 1, -1).expand(3, rows, -1)
+    elif position_ids.shape[0] == 4:  # generate prepends text positions used only for packed masks
+        position_ids = position_ids[1:]
+    return position_ids
 
 
-def glimpse_class(base: type, inner: bool) -> type:
-    """A subclass of `base` with the glimpse forward; it keeps the base's name so saved configs stay loadable."""
-    key = (base, inner)
-    if getattr(base, "_is_glimpse_class", False):
-        return base
-    if key not in _CLASSES:
-        mixin = GlimpseInnerMixin if inner else GlimpseOuterMixin
-        cls = type(base.__name__, (mixin, base), {"_is_glimpse_class": True, "__module__": base.__module__})
-        cls.__qualname__ = base.__qualname__
-        _CLASSES[key] = cls
-    return _CLASSES[key]
+def prepare_inputs(inner, glimpse, batch: dict, windowed: bool) -> GlimpseInputs:
+    """The decoder inputs of one Qwen2-VL / Qwen2.5-VL forward (`batch`: the inner forward's named arguments)."""
+    for name, message in UNSUPPORTED.items():
+        if batch.get(name) is not None:
+            raise ValueError(message)
+    input_ids, grid_thw = batch["input_ids"], batch["image_grid_thw"]
+    if input_ids is None:
+        raise ValueError("glimpse pruning needs input_ids (to find the image tokens), not only inputs_embeds.")
+    if grid_thw is None:
+        raise ValueError("glimpse pruning needs image_grid_thw beside pixel_values (the processor returns both).")
+    visual_mask = input_ids == inner.config.image_token_id
+    merge = inner.visual.spatial_merge_size
+    expected = (grid_thw.prod(-1) // merge**2).tolist()
+    segments = image_runs(visual_mask, expected)
+    layers = glimpse.config.vision_feature_layers
+    embeds, feats = vision_features(inner, batch["pixel_values"], grid_thw, layers, windowed)
+    inputs_embeds = batch["inputs_embeds"]
+    if inputs_embeds is None:
+        inputs_embeds = inner.get_input_embeddings()(input_ids)
+    inputs_embeds = scatter_images(inputs_embeds, visual_mask, embeds)
+    attention_mask = batch["attention_mask"]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    position_ids = mrope_positions(inner, batch, inputs_embeds)
+    grids = [(h // merge, w // merge) for _, h, w in grid_thw.tolist()]
+    rows, cols, token_mask = grid_coordinates(grids, grid_thw.device)
+    return GlimpseInputs(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        visual_mask=visual_mask,
+        vision_features=[pad_images(f, expected) for f in feats],
+        grid_rows=rows,
+        grid_cols=cols,
+        image_token_mask=token_mask,
+        segments=segments,
+        grids=grids,
+    )
