@@ -142,7 +142,7 @@ def model_type_of(name: str) -> str | None:
 
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name]
-    path = shipped_path(name) if name in SHIPPED_MODELS else Path(name).expanduser()
+    path = SHIPPED_MODELS[name] if name in SHIPPED_MODELS else Path(name).expanduser()
     for config, key in (("config.json", "model_type"), ("adapter_config.json", "base_model_name_or_path")):
         if (path / config).is_file():
             value = json.loads((path / config).read_text()).get(key)

@@ -232,6 +232,21 @@ def check_inputs(parsed: tuple, parser: RecipeParser, check_files: bool = True) 
             check(value)
         except (ValueError, FileNotFoundError) as err:
             raise ValueError(f"{parser.source(key)}: {key}: {err}") from None
+    _check_pixel_bounds(values, parser)
+
+
+def _check_pixel_bounds(values: dict, parser: RecipeParser) -> None:
+    """Pixel bounds on a model family whose images all give the same number of visual tokens do nothing: say so."""
+    from ..models.loading import family_of
+
+    bounds = [key for key in ("min_pixels", "max_pixels") if values.get(key) is not None]
+    model = values.get("model_name_or_path")
+    family = family_of(model) if bounds and isinstance(model, str) else None
+    if family is not None and not family.dynamic_resolution:
+        raise ValueError(
+            f"{parser.source(bounds[0])}: {bounds[0]}: {model} is a {family.family} model, whose processor gives every "
+            "image the same number of visual tokens; remove min_pixels / max_pixels."
+        )
 
 
 def _build_rewards(specs) -> None:

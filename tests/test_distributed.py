@@ -90,3 +90,31 @@ def test_two_process_grpo(grpo_recipe, tmp_path, launch_config, extra):
         assert all(h["kl"] >= 0 for h in logs)
     fresh = load_glimpse(build_tiny_model("qwen2_5_vl", seed=0), out)
     assert glimpse_module(fresh).config.layer == 2
+
+
+@pytest.fixture(scope="module")
+def llava_data(tmp_path_factory):
+    return write_synth(tmp_path_factory.mktemp("dist_llava") / "synth", n_train=8, n_test=4, image_size=112, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["vip", "grpo"])
+def test_two_process_zero3_on_llava(llava_data, tmp_path, stage):
+    """Both stages on the tiny LLaVA under 2-process ZeRO-3: partitioned CLIP + Llama, the glimpse gathered to save."""
+    recipe = tiny_recipe(ROOT / f"recipes/tiny/llava_{stage}.yaml", tmp_path / "recipe.yaml", llava_data)
+    out = tmp_path / "run"
+    done = _launch("cpu_zero3.yaml", recipe, out, *(["--num_generations", "2"] if stage == "grpo" else []))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    if stage == "vip":
+        assert json.loads((out / "eval_results.json").read_text())["eval"]["samples"] == 4
+    else:
+        assert (out / "adapter_model.safetensors").is_file()
+        assert len([h for h in state["log_history"] if "glimpse/kept_tokens" in h]) == 2
+    fresh = load_glimpse(build_tiny_model("llava", seed=0), out)  # the checkpoint's signature is LLaVA's
+    saved = load_file(str(out / "glimpse.safetensors"))
+    assert all(t.numel() > 0 for t in saved.values())
+    for name, param in glimpse_module(fresh).state_dict().items():
+        assert torch.equal(param, saved[name]), name
+    assert glimpse_module(fresh).config.readout == "log_softmax"
