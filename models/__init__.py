@@ -9,7 +9,7 @@ from .adapter import (
     supported_model_types,
 )
 from .config import GlimpseConfig
-from .forward import GlimpseCacheState, PruneRequest
+from .forward import GlimpseCacheState
 from .glimpse import (
     add_glimpse,
     check_glimpse_checkpoint,
@@ -19,6 +19,7 @@ from .glimpse import (
     save_glimpse,
 )
 from .pruning import GlimpseResult
+from .request import PruneRequest
 
 __all__ = [
     "GlimpseCacheState",

@@ -23,8 +23,9 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-from .forward import PruneRequest, pruned_decoder_forward
+from .forward import pruned_decoder_forward
 from .pruning import GlimpseResult
+from .request import PruneRequest
 
 _CLASSES: dict[tuple[type, bool], type] = {}
 NOT_INPUTS = ("self", "cache", "use_cache")
@@ -192,13 +193,16 @@ def glimpse_class(base: type, inner: bool) -> type:
             return mixin.forward(self, *args, **kwargs)
 
         forward.__signature__ = _glimpse_signature(base.forward)
-        named = list(forward.__signature__.parameters.values())[1:]
-        positional = tuple(p.name for p in named if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        shown = list(forward.__signature__.parameters.values())[1:]
+        named = list(inspect.signature(base.forward).parameters.values())[1:]
         namespace = {
             "forward": forward,
             "_is_glimpse_class": True,
-            "_glimpse_positional": positional,
-            "_glimpse_input_names": tuple(name for name in positional if name not in NOT_INPUTS),
+            "_glimpse_positional": tuple(p.name for p in shown if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            # Every named input the base takes (hidden ones too), so the adapter sees and can refuse them.
+            "_glimpse_input_names": tuple(
+                p.name for p in named if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name not in NOT_INPUTS
+            ),
             "__module__": base.__module__,
         }
         cls = type(base.__name__, (mixin, base), namespace)

@@ -210,3 +210,13 @@ def test_soft_masked_mode_trains_the_vip(processor, inputs):
     out.logits[:, -1].logsumexp(-1).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in glimpse_module(model).parameters())
     assert math.isfinite(out.glimpse.keep_prob.sum().item())
+
+
+def test_inputs_the_glimpse_cannot_prune_are_refused(processor, inputs):
+    model = _model(processor)
+    with torch.no_grad():
+        encoded = model.model.get_image_features(inputs["pixel_values"], return_dict=True)
+    with pytest.raises(ValueError, match="runs the vision encoder itself"):
+        model(**inputs, mm_encoder_outputs={"image": encoded})
+    with pytest.raises(ValueError, match="image_sizes"):
+        model(**inputs, image_sizes=torch.tensor([[112, 112], [112, 112]]))

@@ -159,3 +159,16 @@ def test_pixel_bounds_on_a_llava_recipe_fail_at_parse_time(tmp_path, synth):
     recipe = _recipe("recipes/tiny/llava_vip.yaml", tmp_path / "r.yaml", synth, max_pixels=12544)
     with pytest.raises(ValueError, match=r"max_pixels: builtin:tiny-llava is a llava model.*remove min_pixels"):
         parse_recipe(recipe)
+
+
+def test_visualize_draws_the_llava_token_grid(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "vis.png"
+    argv = ["visualize", "--model", MODEL, "--out", str(out), "--max-keep-ratio", "0.25", "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads(stdout[stdout.index("{") :])
+    assert (report["visual_tokens"], report["kept_tokens"]) == (64, 16)
+    with Image.open(out) as png:
+        assert png.width == 448 and png.height > 448
