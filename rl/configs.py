@@ -24,8 +24,8 @@ class ModelArguments(GlimpseArguments):
         default="builtin:tiny-qwen2_5_vl",
         metadata={
             "help": "Base VLM: a local folder, a hub id, builtin:mini-qwen2_5_vl (a small Qwen2.5-VL trained on the "
-            "built-in shapes task, shipped with the package) or builtin:tiny-qwen2_5_vl / builtin:tiny-qwen2_vl "
-            "(random weights)."
+            "built-in shapes task, shipped with the package) or builtin:tiny-qwen2_5_vl / builtin:tiny-qwen2_vl / "
+            "builtin:tiny-llava (random weights)."
         },
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(

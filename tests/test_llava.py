@@ -220,3 +220,18 @@ def test_inputs_the_glimpse_cannot_prune_are_refused(processor, inputs):
         model(**inputs, mm_encoder_outputs={"image": encoded})
     with pytest.raises(ValueError, match="image_sizes"):
         model(**inputs, image_sizes=torch.tensor([[112, 112], [112, 112]]))
+
+
+def test_two_images_per_sample(processor):
+    inputs = batch(
+        processor,
+        ["Compare the two pictures.", "What is shown?"],
+        [[image(56, 112, 2), image(112, 56, 3)], [image(84, 84, 4)]],
+    )
+    model = _model(processor, max_keep_ratio=0.5)
+    with torch.no_grad():
+        out = model(**inputs)
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert [[i["visual_tokens"] for i in s["images"]] for s in out.glimpse.stats()] == [[TOKENS, TOKENS], [TOKENS]]
+    assert all(i["kept_tokens"] == TOKENS // 2 for s in out.glimpse.stats() for i in s["images"])
+    assert gen.shape == (2, inputs["input_ids"].shape[1] + 3)
