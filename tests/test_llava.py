@@ -235,3 +235,22 @@ def test_two_images_per_sample(processor):
     assert [[i["visual_tokens"] for i in s["images"]] for s in out.glimpse.stats()] == [[TOKENS, TOKENS], [TOKENS]]
     assert all(i["kept_tokens"] == TOKENS // 2 for s in out.glimpse.stats() for i in s["images"])
     assert gen.shape == (2, inputs["input_ids"].shape[1] + 3)
+
+
+def test_transformers_internals_the_llava_family_uses():
+    """What models/llava/ reads from transformers: a clear failure here on an upgrade beats a wrong mask later."""
+    import inspect
+
+    from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
+    from transformers.models.llava.modeling_llava import LlavaModel
+
+    params = inspect.signature(LlavaModel.get_image_features).parameters
+    assert {"vision_feature_layer", "vision_feature_select_strategy"} <= set(params)
+    assert "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters
+    assert list(inspect.signature(apply_rotary_pos_emb).parameters)[:4] == ["q", "k", "cos", "sin"]
+    attn = CLIPAttention(LlavaConfig().vision_config)
+    assert (
+        {"num_heads", "head_dim", "scale"} <= set(vars(attn)) and hasattr(attn, "q_proj") and hasattr(attn, "k_proj")
+    )
+    assert "layer_norm1" in inspect.getsource(CLIPEncoderLayer.__init__)
