@@ -1,8 +1,8 @@
 """Does pruning keep the answers? GlimpsePrune against every baseline on a model that knows its task.
 
-The built-in mini model (builtin:mini-qwen2_5_vl) answers the built-in shapes task: one object among several on a
-336 px canvas (144 visual tokens), named by its shape or colour; the answer lives in the 4 tokens (2.8%) under that
-object. This command reruns the method on it and writes one table:
+The built-in mini model (builtin:mini-qwen2_5_vl) answers the built-in shapes task: the colour or shape of the one
+coloured object among 2-5 grey ones on a 336 px canvas (144 visual tokens); the answer lives in the 4 tokens (2.8%)
+under that object. This command reruns the method on it and writes one table:
 
 1. stage 1, box-supervised (recipes/mini/vip.yaml) and KL-only (the same recipe with --box_weight 0), each
    calibrating its deployment threshold on the validation split to the recipe's keep ratio;

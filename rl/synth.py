@@ -51,7 +51,9 @@ KINDS = ("colour", "digit", "word")
 SPLITS = {"train": 0, "test": 1, "val": 2}
 TASKS = ("glimpse", "shapes")
 """glimpse: this module's set (one target among distractors, colour / digit / word questions); shapes: the built-in
-mini model's task (`synth_shapes`: find one object among several equally salient ones)."""
+mini model's task (`synth_shapes`: find the one coloured object among grey ones, then read it)."""
+TASK_VERSIONS = {"glimpse": 1, "shapes": 2}
+"""Bumped whenever a task draws different images or asks different questions for the same seed (cache keys)."""
 TARGET_AREA = (0.05, 0.12)  # fraction of the image covered by the target's box
 DISTRACTOR_AREA = (0.012, 0.04)
 MIN_SIDE = 56  # below this the digits and words are no longer legible
@@ -151,10 +153,11 @@ def _text_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
 
-def draw_object(draw: ImageDraw.ImageDraw, obj: SynthObject) -> None:
-    """Draw `obj` strictly inside its box (PIL's inclusive end points, hence the -1)."""
+def draw_object(draw: ImageDraw.ImageDraw, obj: SynthObject, palette: dict | None = None) -> None:
+    """Draw `obj` strictly inside its box (PIL's inclusive end points, hence the -1); `palette` maps colour names
+    to RGB (default: COLOURS)."""
     x0, y0, x1, y1 = obj.box
-    rgb = COLOURS[obj.colour]
+    rgb = (palette or COLOURS)[obj.colour]
     inner = (x0, y0, x1 - 1, y1 - 1)
     if obj.shape == "circle":
         draw.ellipse(inner, fill=rgb)
@@ -329,6 +332,7 @@ def write_synth(
         "name": "glimpserl-synth" if task == "glimpse" else f"glimpserl-{task}",
         "task": task,
         "format_version": FORMAT_VERSION,
+        "task_version": TASK_VERSIONS[task],
         "seed": seed,
         **({"curriculum_rows": curriculum} if curriculum else {}),
         "image_size": {"width": size[0], "height": size[1]},
@@ -358,7 +362,7 @@ def cached_synth(
     from ..models.loading import cache_dir
 
     val = f"-{n_val}" if n_val else ""
-    name = "synth" if task == "glimpse" else task
+    name = "synth" if task == "glimpse" else f"{task}-v{TASK_VERSIONS[task]}"  # a new version is a new folder
     ramp = f"-c{curriculum}" if curriculum else ""
     folder = cache_dir() / f"{name}-seed{seed}-n{n_train}{val}-{n_test}-{image_size}{ramp}"
     if not (folder / "dataset.json").is_file():  # dataset.json is written last: its presence means complete
@@ -370,7 +374,7 @@ SYNTH_HELP = "Write the synthetic glimpse VQA dataset (images + train/test JSONL
 SYNTH_DESCRIPTION = (
     "Images whose answer lives in a small region, with the question, the exact answer and the region's box "
     "(train.jsonl, [val.jsonl,] test.jsonl, images/, dataset.json). Task glimpse: a coloured shape, a digit or a word "
-    "among distractors; task shapes: one object among several equally salient ones, named by its shape or colour. "
+    "among distractors; task shapes: the one coloured object among grey ones, its colour or shape asked. "
     "Deterministic by seed."
 )
 

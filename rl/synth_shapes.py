@@ -1,19 +1,22 @@
-"""The built-in "shapes" task (`builtin:shapes`): find one object among several, then read it.
+"""The built-in "shapes" task (`builtin:shapes`): find the one coloured object among grey ones, then read it.
 
-Each image is a plain canvas with several objects on the visual-token grid (one object = CELLS x CELLS tokens of
-28 x 28 px, the Qwen2.5-VL token size). The target is the only object of its shape AND the only one of its colour;
-the distractors share the other shapes and colours. Two question kinds, each answerable only from the target's
-tokens (the question names one attribute, the answer is the other):
+Each image is a plain pale canvas with several objects on the visual-token grid (one object = CELLS x CELLS tokens of
+28 x 28 px, the Qwen2.5-VL token size). Exactly one object, the target, is coloured; the others are drawn in shades
+of grey and take any shape, the target's included. Two question kinds, each answerable only from the target's tokens:
 
-- colour: "What colour is the triangle?"       -> "red"
-- shape:  "What shape is the red object?"      -> "triangle"
+- colour: "What colour is the coloured object?"   -> "red"
+- shape:  "What shape is the coloured object?"    -> "triangle"
 
-With several equally salient objects, a pruner that does not follow the question keeps the wrong one about as often
-as a random one would; with ~3% of the tokens holding the answer, a good pruner can drop the rest.
+The distractors are as salient as the target to a pruner that scores tokens by what they look like (dark ink on a
+pale canvas), so at a budget below the ink's share of the image such a pruner keeps the target only by chance, while
+~3% of the tokens hold every answer. The image, not the question, says where to look: a referring version ("What
+colour is the triangle?" among several coloured shapes) was not learned by the ~1.2M-parameter built-in model within
+a CPU budget of hours, while this one is learned in well under an hour (docs/method.md, "The mini model").
 
-Curriculum (training from scratch): with `curriculum` = N > 0, train rows 0..N-1 hold fewer objects, from one object
-at row 0 rising to the full count at row N (every other split, and later rows, hold the full 3-6). A model that
-first learns to read one object learns to pick one among several far sooner (read the rows in order:
+Curriculum (training from scratch): with `curriculum` = N > 0, train rows 0..N-1 start small and sparse: the canvas
+grows from half the requested side to the full side and the object count from one to the full 3-6, both linearly in
+the row index (every other split, and later rows, use the full size and count). A model trained from scratch on the
+full canvas stalls; one that first reads small canvases does not (read the rows in order:
 `train_sampling_strategy: sequential`).
 """
 
@@ -24,6 +27,8 @@ import random
 from PIL import Image, ImageDraw
 
 from .synth import COLOURS, SynthObject, SynthSample, draw_object, parse_image_size
+
+GREYS: dict[str, tuple[int, int, int]] = {"black": (20, 20, 20), "charcoal": (70, 70, 70), "grey": (120, 120, 120)}
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 KINDS = ("colour", "shape")
@@ -52,17 +57,24 @@ def object_range(split: str, index: int, curriculum: int = 0) -> tuple[int, int]
     return 1, min(OBJECTS[1], 1 + (OBJECTS[1] * index) // curriculum)
 
 
+def canvas_size(split: str, index: int, size: tuple[int, int], curriculum: int = 0) -> tuple[int, int]:
+    """(width, height) of row `index`: half the requested side at row 0 of a curriculum, growing to the full side."""
+    if split != "train" or curriculum <= 0 or index >= curriculum:
+        return size
+    grow = lambda side: TOKEN * max(CELLS + 1, (side // 2 + (side - side // 2) * index // curriculum) // TOKEN)  # noqa: E731
+    return grow(size[0]), grow(size[1])
+
+
 def make_shapes_sample(
     seed: int, split: str, index: int, image_size: int | tuple[int, int] = 336, curriculum: int = 0
 ) -> SynthSample:
     """Sample `index` of `split`, a pure function of its arguments (see the module docstring)."""
-    width, height = parse_image_size(image_size)
+    width, height = canvas_size(split, index, parse_image_size(image_size), curriculum)
     grid = (height // TOKEN, width // TOKEN)
     if min(grid) < CELLS + 1:
         raise ValueError(f"image size {width}x{height} is too small for the shapes task: use at least 84 px a side.")
-    rng = random.Random(f"glimpserl-shapes/v1/{seed}/{split}/{index}")
+    rng = random.Random(f"glimpserl-shapes/v2/{seed}/{split}/{index}")
     kind = KINDS[index % len(KINDS)]
-    shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
     taken: set = set()
     objects = []
     for i in range(rng.randint(*object_range(split, index, curriculum))):
@@ -71,21 +83,14 @@ def make_shapes_sample(
             break
         r, c = cell
         box = (c * TOKEN + MARGIN, r * TOKEN + MARGIN, (c + CELLS) * TOKEN - MARGIN, (r + CELLS) * TOKEN - MARGIN)
-        if i == 0:
-            objects.append(SynthObject(shape, colour, box))
-        else:
-            other_shape = rng.choice([s for s in SHAPES if s != shape])
-            other_colour = rng.choice([c for c in sorted(COLOURS) if c != colour])
-            objects.append(SynthObject(other_shape, other_colour, box))
-    # A flat near-grey canvas (no pixel noise: tens of thousands of training images stay a few KB each as PNG).
-    grey = rng.randint(200, 235)
-    image = Image.new("RGB", (width, height), tuple(grey + rng.randint(-6, 6) for _ in range(3)))
+        palette = sorted(COLOURS) if i == 0 else sorted(GREYS)
+        objects.append(SynthObject(rng.choice(SHAPES), rng.choice(palette), box))
+    # A flat pale canvas (no pixel noise: tens of thousands of training images stay a few KB each as PNG).
+    pale = rng.randint(200, 235)
+    image = Image.new("RGB", (width, height), tuple(pale + rng.randint(-6, 6) for _ in range(3)))
     draw = ImageDraw.Draw(image)
     for obj in objects:
-        draw_object(draw, obj)
+        draw_object(draw, obj, palette={**COLOURS, **GREYS})
     target = objects[0]
-    if kind == "colour":
-        question, answer = f"What colour is the {shape}?", colour
-    else:
-        question, answer = f"What shape is the {colour} object?", shape
-    return SynthSample(image, question, answer, kind, target, tuple(objects))
+    answer = target.colour if kind == "colour" else target.shape
+    return SynthSample(image, f"What {kind} is the coloured object?", answer, kind, target, tuple(objects))

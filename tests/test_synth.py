@@ -123,33 +123,41 @@ def test_synth_set_loads_with_the_data_loader(synth_dir):
 
 # ---------------------------------------------------------------- the shapes task (builtin:shapes)
 @pytest.mark.parametrize("index", range(8))
-def test_shapes_target_is_unique_in_shape_and_colour_and_fills_its_tokens(index):
-    from glimpserl.rl.synth_shapes import CELLS, KINDS, OBJECTS, TOKEN, make_shapes_sample
+def test_shapes_target_is_the_only_coloured_object_and_fills_its_tokens(index):
+    from glimpserl.rl.synth_shapes import CELLS, GREYS, KINDS, OBJECTS, TOKEN, make_shapes_sample
 
     sample = make_shapes_sample(seed=2, split="test", index=index, image_size=336)
     target, others = sample.target, sample.objects[1:]
     assert sample.kind == KINDS[index % 2] and OBJECTS[0] <= len(sample.objects) <= OBJECTS[1]
-    assert all(o.shape != target.shape and o.colour != target.colour for o in others)
-    if sample.kind == "colour":
-        assert (sample.question, sample.answer) == (f"What colour is the {target.shape}?", target.colour)
-    else:
-        assert (sample.question, sample.answer) == (f"What shape is the {target.colour} object?", target.shape)
+    assert target.colour in COLOURS and all(o.colour in GREYS for o in others)
+    answer = target.colour if sample.kind == "colour" else target.shape
+    assert (sample.question, sample.answer) == (f"What {sample.kind} is the coloured object?", answer)
     # The box lies inside CELLS x CELLS token cells, and the target's colour is there and nowhere else.
     x0, y0, x1, y1 = target.box
     assert x0 // TOKEN == (x1 - 1) // TOKEN - CELLS + 1 and y0 // TOKEN == (y1 - 1) // TOKEN - CELLS + 1
     pixels = np.asarray(sample.image, dtype=np.int32)
     hit = (np.abs(pixels - np.array(COLOURS[target.colour])).max(-1) == 0).nonzero()
     assert x0 <= hit[1].min() and hit[1].max() < x1 and y0 <= hit[0].min() and hit[0].max() < y1
+    # Every distractor's ink is where its box says (a pruner scoring what tokens look like sees it as much).
+    for other in others:
+        ox0, oy0, ox1, oy1 = other.box
+        region = pixels[oy0:oy1, ox0:ox1]
+        assert (np.abs(region - np.array(GREYS[other.colour])).max(-1) == 0).any()
 
 
-def test_shapes_curriculum_rises_from_one_object_on_the_train_split_only():
-    from glimpserl.rl.synth_shapes import OBJECTS, make_shapes_sample, object_range
+def test_shapes_curriculum_grows_the_canvas_and_the_count_on_the_train_split_only():
+    from glimpserl.rl.synth_shapes import OBJECTS, canvas_size, make_shapes_sample, object_range
 
     assert object_range("train", 0, 600) == (1, 1)
     assert object_range("train", 300, 600) == (1, 1 + OBJECTS[1] * 300 // 600)
     assert object_range("train", 600, 600) == OBJECTS and object_range("test", 0, 600) == OBJECTS
-    assert len(make_shapes_sample(0, "train", 0, 336, curriculum=600).objects) == 1
-    assert len(make_shapes_sample(0, "test", 0, 336, curriculum=600).objects) >= OBJECTS[0]
+    assert canvas_size("train", 0, (336, 336), 600) == (168, 168)
+    assert canvas_size("train", 300, (336, 336), 600) == (252, 252)
+    assert canvas_size("train", 600, (336, 336), 600) == (336, 336) == canvas_size("val", 0, (336, 336), 600)
+    first = make_shapes_sample(0, "train", 0, 336, curriculum=600)
+    assert len(first.objects) == 1 and first.image.size == (168, 168)
+    held_out = make_shapes_sample(0, "test", 0, 336, curriculum=600)
+    assert len(held_out.objects) >= OBJECTS[0] and held_out.image.size == (336, 336)
 
 
 def test_shapes_task_through_the_cli_with_a_validation_split(tmp_path, capsys):

@@ -125,12 +125,14 @@ def _cli(*args) -> list[str]:
 
 
 def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
+    # Far more steps than the first save: the kill lands mid-run even when a step takes milliseconds.
+    LAST = 40
     recipe, out = _recipe(tmp_path, synth_dir), tmp_path / "run"
     common = [
         "--output_dir",
         str(out),
         "--max_steps",
-        "8",
+        str(LAST),
         "--save_steps",
         "2",
         "--logging_steps",
@@ -138,7 +140,7 @@ def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
         "--per_device_train_batch_size",
         "1",
         "--save_total_limit",
-        "10",
+        "100",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
@@ -150,9 +152,9 @@ def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     reached = last_complete_checkpoint(out)
-    assert reached is not None and not (out / "checkpoint-8").exists(), "the run must be killed mid-way"
+    assert reached is not None and not (out / f"checkpoint-{LAST}").exists(), "the run must be killed mid-way"
     # An interrupted save: a later checkpoint folder without the completion marker must be ignored.
-    half = out / "checkpoint-6"
+    half = out / f"checkpoint-{int(reached.rsplit('-', 1)[1]) + 2}"
     if not (half / COMPLETE_MARKER).exists():
         half.mkdir(exist_ok=True)
         (half / "glimpse.safetensors").write_bytes(b"truncated")
@@ -164,14 +166,14 @@ def test_kill_mid_run_then_resume_ends_at_the_same_step(synth_dir, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["global_step"] == 8
+    assert results["global_step"] == LAST
     points = results["eval"]["operating_points"]
     assert [p["threshold"] for p in points] == sorted((p["threshold"] for p in points), reverse=True)
     ratios = [p["keep_ratio"] for p in points]
     assert ratios == sorted(ratios) and all("box_recall" in p for p in points)
-    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
-    assert state["global_step"] == 8
-    assert (out / "checkpoint-8" / COMPLETE_MARKER).is_file()
+    state = json.loads((out / f"checkpoint-{LAST}" / "trainer_state.json").read_text())
+    assert state["global_step"] == LAST
+    assert (out / f"checkpoint-{LAST}" / COMPLETE_MARKER).is_file()
     # The recipe's deploy_threshold is what the final glimpse weights carry.
     recipe = yaml.safe_load((ROOT / "recipes/tiny/vip.yaml").read_text())
     assert read_glimpse_config(out)[0].threshold == recipe["deploy_threshold"]
