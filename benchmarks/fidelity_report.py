@@ -81,29 +81,47 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = report["rows"]
     k = str(report["layer"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     families = sorted({r["family"] for r in rows} - {"unpruned"})
+    colours = {family: f"C{i % 10}" for i, family in enumerate(families)}  # one colour per method in both panels
     for family in families:
         at_k = sorted(
             (r for r in rows if r["family"] == family and r["layer"] in (k, "-")), key=lambda r: r["keep_ratio"]
         )
         if at_k:
             marker = "*" if family.startswith("glimpse") else "o"
-            left.plot([r["keep_ratio"] for r in at_k], [r["metric"] for r in at_k], marker=marker, label=family)
+            left.plot(
+                [r["keep_ratio"] for r in at_k],
+                [r["metric"] for r in at_k],
+                marker=marker,
+                label=family,
+                color=colours[family],
+            )
         native = [
             r for r in rows if r["family"] == family and (r["layer"] not in (k,) or family.startswith("glimpse"))
         ]
         if native:
-            right.scatter([r["prefill_ratio"] for r in native], [r["metric"] for r in native], label=family, s=30)
+            right.scatter(
+                [r["prefill_ratio"] for r in native],
+                [r["metric"] for r in native],
+                label=family,
+                s=30,
+                color=colours[family],
+            )
     base = rows[0]["metric"]
     for ax in (left, right):
         ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="unpruned")
         ax.set_ylabel("exact match (test split)")
         ax.grid(alpha=0.3)
     left.set_xscale("log")
+    left.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    left.set_xticks([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    left.legend(fontsize=7, loc="lower right")
     left.set_xlabel("keep ratio of visual tokens")
     left.set_title(f"(a) which tokens to keep: every pruner after layer K = {k}")
     right.set_xlabel("prefill time / unpruned prefill time")

@@ -20,7 +20,10 @@ def test_readme_opens_with_two_setup_commands():
     commands = _readme_commands()
     assert len(commands) == 2
     assert all(c.startswith("python3 -m venv .venv") and "pip install torch==2.13.0" in c for c in commands)
-    assert "glimpserl train recipes/tiny/vip.yaml" in commands[0]
+    assert (
+        "glimpserl train recipes/mini/vip.yaml" in commands[0]
+        and "glimpserl eval --glimpse outputs/mini-vip" in commands[0]
+    )
     assert "python -m pytest" in commands[1]
 
 
