@@ -176,6 +176,30 @@ def test_bad_data_row_is_named_before_the_model_loads(synth_dir, tmp_path, no_mo
     fails_fast(capsys, ["train", str(recipe)], "train.jsonl: row 1, line 2", "2000x5", "max_aspect_ratio=200")
 
 
+BAD_FILES = {
+    "unclosed CSV quote": (
+        "bad.csv",
+        b'image,question,answer\nimg.png,"What colour,red\nimg.png,Q,a\n',
+        "line 2: the row starting here is not valid CSV",
+    ),
+    "non-UTF-8 JSONL line": (
+        "bad.jsonl",
+        b'{"image": "img.png", "question": "Q \xff", "answer": "a"}\n',
+        "line 1: the line is not UTF-8",
+    ),
+    "empty file": ("empty.jsonl", b"", "holds no rows"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_data_file_is_one_line_before_the_model_loads(case, synth_dir, tmp_path, no_model, capsys):
+    name, content, fragment = BAD_FILES[case]
+    data = tmp_path / name
+    data.write_bytes(content)
+    recipe = _recipe(tmp_path, synth_dir, "vip", _replace(str(synth_dir / "train.jsonl"), str(data)))
+    fails_fast(capsys, ["train", str(recipe)], name, fragment)
+
+
 def test_every_glimpse_config_field_is_a_recipe_key(synth_dir, tmp_path):
     from glimpserl.models import GlimpseConfig
     from glimpserl.rl.recipe import parse_recipe

@@ -171,3 +171,28 @@ def test_shapes_task_through_the_cli_with_a_validation_split(tmp_path, capsys):
     assert "4 train + 2 val + 2 test shapes samples" in capsys.readouterr().out
     with pytest.raises(ValueError, match="curriculum is a feature of the shapes task"):
         write_synth(tmp_path / "bad", 2, 2, 112, 0, task="glimpse", curriculum=2)
+
+
+def test_builtin_data_follows_synth_seed_not_the_training_seed(tmp_path, monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from glimpserl.rl.configs import SynthArguments
+    from glimpserl.rl.evaluate import BUILTIN_DATA
+    from glimpserl.rl.train import materialize_synth
+
+    monkeypatch.setenv("GLIMPSERL_CACHE", str(tmp_path))
+    args = SimpleNamespace(
+        seed=5,
+        synth_seed=3,
+        synth_train=2,
+        synth_test=1,
+        synth_val=0,
+        synth_image_size=84,
+        synth_curriculum=0,
+        main_process_first=lambda desc: contextlib.nullcontext(),
+    )
+    folder = materialize_synth("builtin:shapes", args)
+    assert json.loads((folder / "dataset.json").read_text())["seed"] == 3 and "seed3" in folder.name
+    # A bare builtin name in `glimpserl eval` means the recipes' default set, not a seed of its own.
+    assert {BUILTIN_DATA[name]["seed"] for name in BUILTIN_DATA} == {SynthArguments().synth_seed}
