@@ -39,7 +39,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "mini"
 MODEL = "builtin:mini-qwen2_5_vl"
 OTHER_RATIOS = (0.25, 0.5)
 """Keep ratios of the baselines besides the glimpse's own."""
-GLIMPSE_POINTS = (0.5, 2.0, 4.0)
+GLIMPSE_POINTS = (0.3, 0.5, 2.0, 4.0)
 """Other glimpse operating points, as multiples of the deployment keep ratio (calibrated on the validation split)."""
 SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
 NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
