@@ -41,7 +41,8 @@ def test_calibrated_threshold_is_the_one_whose_keep_ratio_is_nearest_the_target(
     probs = sorted({round(float(p), 6) for logits, visual in batches for p in torch.sigmoid(logits[visual])})
     reachable = {_ratio(batches, config, max(p - 1e-7, 0.0)) for p in probs} | {_ratio(batches, config, 0.9999)}
     best = min(abs(r - target) for r in reachable)
-    assert abs(found["keep_ratio"] - target) == pytest.approx(best, abs=1e-6)
+    # At least as near as every enumerated ratio (the enumeration can miss one where saturated probabilities tie).
+    assert abs(found["keep_ratio"] - target) <= best + 1e-6
     ratios = [_ratio(batches, config, t) for t in (0.1, 0.5, 0.9)]
     assert ratios == sorted(ratios, reverse=True)
     assert found["rows"] == 6 and found["target_keep_ratio"] == target
