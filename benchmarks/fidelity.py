@@ -5,7 +5,8 @@ coloured object among 2-5 grey ones on a 336 px canvas (144 visual tokens); the 
 under that object. This command reruns the method on it and writes one table:
 
 1. stage 1, box-supervised (recipes/mini/vip.yaml) and KL-only (the same recipe with --box_weight 0), each
-   calibrating its deployment threshold on the validation split to the recipe's keep ratio;
+   calibrating its deployment threshold on the validation split to the recipe's keep ratio; and KL-only with the
+   straight-through gradient taken through the additive bias (--relaxation straight_through_bias), for contrast;
 2. stage 2, GlimpsePrune+ (recipes/mini/grpo.yaml, starting from the box-supervised glimpse);
 3. every arm on the test split: unpruned; GlimpsePrune at its deployment threshold and at other operating points
    (thresholds calibrated on the validation split to other keep ratios); KL-only GlimpsePrune; GlimpsePrune+;
@@ -43,6 +44,7 @@ GLIMPSE_POINTS = (0.3, 0.5, 2.0, 4.0)
 """Other glimpse operating points, as multiples of the deployment keep ratio (calibrated on the validation split)."""
 SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
 NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
+BIAS_ONLY = ["--box_weight", "0", "--relaxation", "straight_through_bias"]
 QUICK_DATA = ["--synth_train", "64", "--synth_val", "32", "--synth_test", "32"]
 """Where each training-free method prunes in its own publication: before the LLM, or FastV after an early layer."""
 
@@ -94,10 +96,22 @@ def _samples(settings):
     return samples
 
 
-def _settings(run: Path, split: str, rows: int | None, batch_size: int):
+def _settings(run: Path, split: str, rows: int | None, batch_size: int, dataset: str | None = None):
     from glimpserl.rl.eval_config import EvalSettings
 
-    return EvalSettings(glimpse=str(run), pruners="glimpse", split=split, max_samples=rows, batch_size=batch_size)
+    return EvalSettings(
+        glimpse=str(run), pruners="glimpse", split=split, max_samples=rows, batch_size=batch_size, dataset=dataset
+    )
+
+
+def validation_samples(run: Path, calibration: dict, batch_size: int):
+    """The rows the run calibrated its deployment threshold on (its validation file), never the test rows."""
+    samples = _samples(_settings(run, "train", None, batch_size, dataset=calibration["source"]))
+    if len(samples) != calibration["rows"]:
+        raise RuntimeError(
+            f"{calibration['source']} holds {len(samples)} rows, the run calibrated on {calibration['rows']}"
+        )
+    return samples
 
 
 def _prior(run: Path, samples) -> float:
@@ -158,10 +172,10 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     box, kl, plus = work / "vip-box", work / "vip-kl", work / "grpo"
     settings = _settings(box, "test", args.eval_rows, args.batch_size)
     evaluator = Evaluator(settings, _samples(settings))
-    val = _samples(_settings(box, "val", None, args.batch_size))
+    deploy = runs["vip-box"]["calibration"]
+    val = validation_samples(box, deploy, args.batch_size)
     model, processor = load_eval_model(settings)
     k = glimpse_module(model).config.layer
-    deploy = runs["vip-box"]["calibration"]
     facts = {"layer": k, "deploy": deploy, "test_rows": len(evaluator.samples), "val_rows": len(val)}
     facts["question_only_prior"] = _prior(box, evaluator.samples)
 
@@ -184,6 +198,9 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
 
     model, processor = load_eval_model(_settings(kl, "test", args.eval_rows, args.batch_size))
     evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
+    model, processor = load_eval_model(_settings(work / "vip-kl-bias", "test", args.eval_rows, args.batch_size))
+    label = "GlimpsePrune (KL only, gradient through the additive bias)"
+    evaluator.run(model, processor, Arm("glimpse"), label, "glimpse-kl-bias", str(k))
     from glimpserl.rl.eval_config import EvalSettings
 
     plus_settings = EvalSettings(run_dir=str(plus), pruners="glimpse", batch_size=args.batch_size)
@@ -195,6 +212,16 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     return evaluator.results, facts
 
 
+def portable(report: dict, work: Path) -> dict:
+    """The report with this machine's folders written as the work dir's run names and `$GLIMPSERL_CACHE/`."""
+    from glimpserl.models.loading import cache_dir
+
+    text = json.dumps(report)
+    for folder, name in ((work.resolve(), ""), (work, ""), (cache_dir().resolve(), "$GLIMPSERL_CACHE/")):
+        text = text.replace(str(folder) + "/", name)
+    return json.loads(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -204,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {
         "vip-box": train("vip-box", RECIPES / "vip.yaml", work, [], args.quick, args.reuse),
         "vip-kl": train("vip-kl", RECIPES / "vip.yaml", work, ["--box_weight", "0"], args.quick, args.reuse),
+        # The estimator that gives a dropped token no gradient (docs/method.md section 2.1), for contrast.
+        "vip-kl-bias": train("vip-kl-bias", RECIPES / "vip.yaml", work, BIAS_ONLY, args.quick, args.reuse),
     }
     plus = ["--glimpse_init", str(work / "vip-box")]
     runs["grpo"] = train("grpo", RECIPES / "grpo.yaml", work, plus, args.quick, args.reuse)
@@ -215,10 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "wall_seconds": time.perf_counter() - started,
         "training": {name: {k: v for k, v in run.items() if k != "eval"} for name, run in runs.items()},
-        "stage1_eval": {name: runs[name].get("eval") for name in ("vip-box", "vip-kl")},
+        "stage1_eval": {name: runs[name].get("eval") for name in ("vip-box", "vip-kl", "vip-kl-bias")},
         **facts,
         "rows": rows,
     }
+    report = portable(report, work)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "fidelity-quick" if args.quick else "fidelity"
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -7,15 +7,15 @@ of grey and take any shape, the target's included. Two question kinds, each answ
 - colour: "What colour is the coloured object?"   -> "red"
 - shape:  "What shape is the coloured object?"    -> "triangle"
 
-The distractors are as salient as the target to a pruner that scores tokens by what they look like (dark ink on a
-pale canvas), so at a budget below the ink's share of the image such a pruner keeps the target only by chance, while
-~3% of the tokens hold every answer. The image, not the question, says where to look: a referring version ("What
+The distractors are as salient as the target to a pruner that ranks tokens by attention or by how much they stand out
+from the canvas (dark ink on a pale canvas), while ~3% of the tokens hold every answer; the coloured target is,
+however, the odd one out in feature space, which diversity-based pruners can exploit. The image, not the question, says where to look: a referring version ("What
 colour is the triangle?" among several coloured shapes) was not learned by the ~1.2M-parameter built-in model within
 a CPU budget of hours, while this one is learned in well under an hour (docs/method.md, "The mini model").
 
 Curriculum (training from scratch): with `curriculum` = N > 0, train rows 0..N-1 start small and sparse: the canvas
-grows from half the requested side to the full side and the object count from one to the full 3-6, both linearly in
-the row index (every other split, and later rows, use the full size and count). A model trained from scratch on the
+grows from half the requested side to the full side (in whole tokens) and the most objects per image from one to 6,
+both linearly in the row index (every other split, and later rows, use the full size and 3-6 objects). A model trained from scratch on the
 full canvas stalls; one that first reads small canvases does not (read the rows in order:
 `train_sampling_strategy: sequential`).
 """

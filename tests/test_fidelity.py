@@ -21,7 +21,11 @@ def test_quick_reproduction_runs_every_stage_and_arm(tmp_path, monkeypatch):
     assert {"GlimpsePrune (KL only)", "GlimpsePrune+", "gprune@input", "fastv@0", "cdpruner@input"} <= set(labels)
     for name in ("gprune", "fastv", "divprune", "cdpruner", "random", "downsample"):
         assert sum(row["family"] == name and row["layer"] != "input" for row in report["rows"]) >= 3, name
-    assert all(row["test_rows"] == 16 for row in [report])
+    assert report["test_rows"] == 16
+    # Operating points are calibrated on the rows the run calibrated on (its validation file), not on test rows.
+    assert report["val_rows"] == report["deploy"]["rows"] and report["deploy"]["source"].endswith("val.jsonl")
+    assert "glimpse-kl-bias" in {row["family"] for row in report["rows"]}
+    assert str(work) not in json.dumps(report)
     assert (out / "fidelity-quick.md").read_text().startswith("Test split: 16 rows")
     assert (out / "fidelity-quick.png").stat().st_size > 0
     unpruned = report["rows"][0]

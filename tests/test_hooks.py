@@ -118,16 +118,19 @@ def test_config_fields_are_ours_or_upstream(ours, base):
 def test_shared_config_fields_are_declared_once_in_their_mixin():
     """synth_* fields live in SynthArguments and eval_* in HeldOutArguments only: a stage config that re-declared one
     would let its default and help drift from the other stages'."""
+    import inspect
+
     from glimpserl.rl import configs
 
     owners = {"synth_": configs.SynthArguments, "eval_": configs.HeldOutArguments}
+    seen = set()
     for cls in (configs.VIPTrainingConfig, configs.GlimpseGRPOConfig, configs.VLMSFTConfig):
         for klass in cls.__mro__:
             if not klass.__module__.startswith("glimpserl"):
                 continue
-            for name in vars(klass).get("__annotations__", {}):
+            for name in inspect.get_annotations(klass):
                 for prefix, owner in owners.items():
                     if name.startswith(prefix):
                         assert klass is owner, f"{klass.__name__} re-declares {name} (owned by {owner.__name__})"
-    assert {n for n in configs.SynthArguments.__annotations__ if n.startswith("synth_")}
-    assert {n for n in configs.HeldOutArguments.__annotations__ if n.startswith("eval_")}
+                        seen.add(owner)
+    assert seen == set(owners.values())
