@@ -25,7 +25,7 @@ def test_quick_reproduction_runs_every_stage_and_arm(tmp_path, monkeypatch):
     # Operating points are calibrated on the rows the run calibrated on (its validation file), not on test rows.
     assert report["val_rows"] == report["deploy"]["rows"] and report["deploy"]["source"].endswith("val.jsonl")
     assert "glimpse-kl-bias" in {row["family"] for row in report["rows"]}
-    assert str(work) not in json.dumps(report)
+    assert str(work) + "/" not in json.dumps(report)  # run folders are named relative to the work dir
     assert (out / "fidelity-quick.md").read_text().startswith("Test split: 16 rows")
     assert (out / "fidelity-quick.png").stat().st_size > 0
     unpruned = report["rows"][0]
