@@ -23,6 +23,23 @@ def batch(processor, questions: list[str], images: list[list[Image.Image]]) -> d
     return dict(processor(text=texts, images=flat, return_tensors="pt", padding=True))
 
 
+def assert_keep_all_matches_vanilla(model, inputs: dict) -> None:
+    """A glimpse that keeps every token (threshold 0) leaves `model` exactly as it was: last-token logits within
+    1e-4 and the same greedy tokens, on a batch of two samples."""
+    from glimpserl.models import GlimpseConfig, add_glimpse
+
+    with torch.no_grad():
+        ref = model(**inputs).logits[:, -1]
+        ref_gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    add_glimpse(model, GlimpseConfig(threshold=0.0))
+    with torch.no_grad():
+        out = model(**inputs)
+        gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.glimpse.keep_ratio.tolist() == [1.0, 1.0]
+    assert (out.logits[:, -1] - ref).abs().max() <= 1e-4
+    assert torch.equal(gen, ref_gen)
+
+
 def tiny_recipe(source, dest, data_dir, max_pixels: int = 112 * 112):
     """A copy of a shipped tiny recipe pointed at a small synthetic set (train.jsonl / test.jsonl in data_dir)."""
     from pathlib import Path

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import batch, image
+from helpers import assert_keep_all_matches_vanilla, batch, image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
 from glimpserl.models import GlimpseConfig, add_glimpse, get_adapter, glimpse_module
@@ -73,16 +73,7 @@ def test_tiny_llava_saves_and_reloads_offline(tmp_path, processor, inputs):
 
 def test_keep_all_matches_vanilla_logits_and_generation(processor, inputs):
     model = build_tiny_model("llava", seed=0, tokenizer=processor)
-    with torch.no_grad():
-        ref = model(**inputs).logits[:, -1]
-        ref_gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    add_glimpse(model, GlimpseConfig(threshold=0.0))
-    with torch.no_grad():
-        out = model(**inputs)
-        gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert out.glimpse.keep_ratio.tolist() == [1.0, 1.0]
-    assert (out.logits[:, -1] - ref).abs().max() <= 1e-4
-    assert torch.equal(gen, ref_gen)
+    assert_keep_all_matches_vanilla(model, inputs)
 
 
 def test_capped_prune_shrinks_kv_cache_to_text_plus_kept(processor, inputs):

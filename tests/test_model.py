@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import batch, image
+from helpers import assert_keep_all_matches_vanilla, batch, image
 
 from glimpserl.models import GlimpseConfig, add_glimpse, load_glimpse, save_glimpse
 from glimpserl.models.tiny import build_tiny_model
@@ -32,16 +32,7 @@ def test_keep_all_matches_vanilla_logits_and_generation(request, family):
     processor = _processor(request, family)
     inputs = _ragged(processor)
     model = build_tiny_model(family, seed=0).eval()
-    with torch.no_grad():
-        ref = model(**inputs).logits[:, -1]
-        ref_gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    add_glimpse(model, GlimpseConfig(threshold=0.0))
-    with torch.no_grad():
-        out = model(**inputs)
-        gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert out.glimpse.keep_ratio.tolist() == [1.0, 1.0]
-    assert (out.logits[:, -1] - ref).abs().max() <= 1e-4
-    assert torch.equal(gen, ref_gen)
+    assert_keep_all_matches_vanilla(model, inputs)
 
 
 def test_cache_passed_under_its_old_name_is_filled(tiny_processor):
