@@ -8,10 +8,17 @@ import os
 import sys
 from pathlib import Path
 
+from .rl.config.names import DEFAULT_MODEL, DTYPES
+
 DEFAULT_QUESTION_SEED = 0
+SYNTH_TASKS = ("glimpse", "shapes")
+"""The tasks of `glimpserl data synth --task` (glimpserl.rl.data.synth.writer.TASKS; a test keeps the two equal)."""
 
 
 def _add_visualize(subparsers) -> None:
+    from .rl.config.names import DtypeArguments, GlimpseOverrides
+    from .rl.eval.settings import add_options
+
     p = subparsers.add_parser(
         "visualize",
         help="Show which visual tokens the glimpse keeps for an image and a question (writes a PNG).",
@@ -19,12 +26,11 @@ def _add_visualize(subparsers) -> None:
         "visual tokens dropped after layer K are dimmed. With no arguments it uses the built-in tiny model and a "
         "built-in synthetic image (an untrained VIP unless --glimpse is given).",
     )
-    p.add_argument("--model", default="builtin:tiny-qwen2_5_vl", help="Base model: a folder, hub id or builtin:...")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Base model: a folder, hub id or builtin:...")
     p.add_argument("--glimpse", default=None, help="Folder with trained glimpse weights (from training or export).")
     p.add_argument("--image", default=None, help="Image file. Default: a built-in synthetic image.")
     p.add_argument("--question", default=None, help="Question about the image. Default: the built-in one.")
-    p.add_argument("--threshold", type=float, default=None, help="Keep threshold on sigmoid(VIP logit).")
-    p.add_argument("--max-keep-ratio", type=float, default=None, help="Cap on the kept fraction of visual tokens.")
+    add_options(p, GlimpseOverrides)
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -33,20 +39,19 @@ def _add_visualize(subparsers) -> None:
         "Default: the processor's own.",
     )
     p.add_argument("--max-new-tokens", type=int, default=16, help="Length of the generated answer.")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="Model dtype.")
+    add_options(p, DtypeArguments)
     p.add_argument("--out", default="outputs/visualize.png", help="Where to write the PNG.")
     p.set_defaults(run=_run_visualize)
 
 
 def _run_visualize(args) -> int:
-    import dataclasses
-
     import torch
 
     from .models import GlimpseConfig, add_glimpse, check_glimpse_checkpoint, glimpse_module, load_glimpse
     from .models.loading import load_model, load_processor
     from .models.visualize import render_keep_mask
-    from .rl.synth import make_sample
+    from .rl.config.names import GlimpseOverrides
+    from .rl.data.synth.glimpse import make_sample
 
     if args.image is None:
         sample = make_sample(DEFAULT_QUESTION_SEED, "test", 0, image_size=448)
@@ -64,9 +69,7 @@ def _run_visualize(args) -> int:
         print("note: no --glimpse given, so the VIP is untrained and the kept tokens are arbitrary.", file=sys.stderr)
         add_glimpse(model, GlimpseConfig())
     glimpse = glimpse_module(model)
-    config = glimpse.config
-    overrides = {"threshold": args.threshold, "max_keep_ratio": args.max_keep_ratio}
-    glimpse.config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    glimpse.config = config = GlimpseOverrides(args.threshold, args.max_keep_ratio).apply(glimpse.config)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
@@ -113,21 +116,21 @@ def _add_export(subparsers) -> None:
         description="Write RUN_DIR (a run folder or one of its checkpoint-N folders) to a clean OUT folder: by "
         "default the LoRA adapter + glimpse weights + processor; with --merge one standard checkpoint (adapter merged "
         "into the base) + glimpse + processor, which from_pretrained loads. Full-fine-tuning runs export as a "
-        "standard checkpoint. Load either form with glimpserl.rl.export.load_exported(OUT).",
+        "standard checkpoint. Load either form with glimpserl.rl.load_exported(OUT).",
     )
     p.add_argument("run_dir", help="Run folder with the adapter (or model.safetensors) and glimpse.safetensors.")
     p.add_argument("--out", required=True, help="Folder to write; must be new or empty unless --overwrite.")
     p.add_argument("--merge", action="store_true", help="Merge the LoRA adapter into the base and save one model.")
     p.add_argument("--base", default=None, help="Base model (folder, hub id or builtin:...). Default: adapter config.")
     p.add_argument(
-        "--dtype", default=None, choices=["float32", "bfloat16"], help="Saved dtype (merged/full). Default: as stored."
+        "--dtype", default=None, choices=list(DTYPES), help="Saved dtype (merged/full). Default: as stored."
     )
     p.add_argument("--overwrite", action="store_true", help="Replace a non-empty --out folder.")
     p.set_defaults(run=_run_export)
 
 
 def _run_export(args) -> int:
-    from .rl.export import MANIFEST, export_run
+    from .rl.runs.export import MANIFEST, export_run
 
     out = export_run(
         args.run_dir, args.out, merge=args.merge, base=args.base, dtype=args.dtype, overwrite=args.overwrite
@@ -137,26 +140,80 @@ def _run_export(args) -> int:
     return 0
 
 
-def _add_data(subparsers) -> None:
-    from .rl.synth import SYNTH_HELP, add_synth_arguments
+SYNTH_HELP = "Write a synthetic VQA set (images + train/[val/]test JSONL with answers and boxes)."
+SYNTH_DESCRIPTION = (
+    "Images whose answer lives in a small region, with the question, the exact answer and the region's box "
+    "(train.jsonl, [val.jsonl,] test.jsonl, images/, dataset.json). Task glimpse: a coloured shape, a digit or a word "
+    "among distractors; task shapes: the one coloured object among grey ones, its colour or shape asked. "
+    "Deterministic by seed."
+)
 
-    p = subparsers.add_parser("data", help="Build datasets (the built-in synthetic glimpse VQA set).")
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give `parser` (new, or the `glimpserl data synth` sub-command's) the synth description and options."""
+    parser.description = SYNTH_DESCRIPTION
+    parser.add_argument("--out", required=True, type=Path, help="Output folder (created; must be empty).")
+    parser.add_argument("--n-train", type=int, default=200, help="Number of training samples (default: 200).")
+    parser.add_argument("--n-val", type=int, default=0, help="Number of validation samples (default: 0, none).")
+    parser.add_argument("--n-test", type=int, default=50, help="Number of test samples (default: 50).")
+    parser.add_argument(
+        "--task",
+        default="glimpse",
+        choices=SYNTH_TASKS,
+        help="glimpse: one target among distractors (colour / digit / word questions); shapes: find one object "
+        "among several equally salient ones (the built-in mini model's task). Default: glimpse.",
+    )
+    parser.add_argument(
+        "--image-size", default="448", help="Image size: 448 for square or WIDTHxHEIGHT like 640x480 (default: 448)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed; the same seed writes byte-identical files.")
+    parser.add_argument(
+        "--curriculum",
+        type=int,
+        default=0,
+        help="shapes task: the first N train rows hold fewer objects, rising from one (default: 0, off).",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier synth set in --out.")
+    return parser
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Write the set `args` (from `add_synth_arguments`) describe and print where it went."""
+    from .rl.data.synth import parse_image_size, write_synth
+
+    size = parse_image_size(args.image_size)
+    out = write_synth(
+        args.out, args.n_train, args.n_test, size, args.seed, args.overwrite, args.task, args.n_val, args.curriculum
+    )
+    counts = f"{args.n_train} train + {args.n_val} val + {args.n_test} test" if args.n_val else None
+    counts = counts or f"{args.n_train} train + {args.n_test} test"
+    print(f"wrote {counts} {args.task} samples ({size[0]}x{size[1]}) to {out}")
+    return 0
+
+
+def synth_main(argv: list[str] | None = None) -> int:
+    """`glimpserl data synth` as a function of its argv: bad input exits with argparse's usage error (code 2)."""
+    parser = add_synth_arguments(argparse.ArgumentParser(prog="glimpserl data synth"))
+    args = parser.parse_args(argv)
+    try:
+        return run_synth(args)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+
+
+def _add_data(subparsers) -> None:
+    p = subparsers.add_parser("data", help="Build datasets (the built-in synthetic VQA sets).")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help=SYNTH_HELP)
     add_synth_arguments(synth)
-    synth.set_defaults(run=_run_synth)
-
-
-def _run_synth(args) -> int:
-    from .rl.synth import run_synth
-
-    return run_synth(args)
+    synth.set_defaults(run=run_synth)
 
 
 def _add_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="Train from a recipe YAML: stage 1 (vip: VIP distillation) or stage 2 (grpo: GlimpsePrune+).",
+        help="Train from a recipe YAML: stage sft (fine-tune the VLM), vip (stage 1: VIP distillation) or grpo "
+        "(stage 2: GlimpsePrune+).",
         description="Run a recipe: `glimpserl train RECIPE.yaml [--key value ...]`. Every recipe key can be "
         "overridden on the command line; unknown keys are errors. `--help-keys` (anywhere) lists the keys of the "
         "recipe's stage with their help, or of every stage without a recipe. Resume with --resume_from_checkpoint "
@@ -183,7 +240,7 @@ def _print_keys(recipe: str | None) -> None:
     """The keys of the recipe's stage, or of every stage, with their types, defaults and help."""
     from trl import TrlParser
 
-    from .rl.recipe import STAGES, read_recipe, stage_classes
+    from .rl.config.recipe import STAGES, read_recipe, stage_classes
 
     stages = [read_recipe(recipe).get("stage", "vip")] if recipe else list(STAGES)
     for stage in stages:
@@ -193,7 +250,7 @@ def _print_keys(recipe: str | None) -> None:
 
 
 def _add_eval(subparsers) -> None:
-    from .rl.eval_config import add_eval_arguments
+    from .rl.eval.settings import add_eval_arguments
 
     p = subparsers.add_parser(
         "eval",
@@ -208,8 +265,8 @@ def _add_eval(subparsers) -> None:
 
 
 def _run_eval(args) -> int:
-    from .rl.eval_config import EvalSettings
-    from .rl.evaluate import run_eval
+    from .rl.eval.compare import run_eval
+    from .rl.eval.settings import EvalSettings
 
     report = run_eval(EvalSettings.from_args(args))
     print(report["table"])

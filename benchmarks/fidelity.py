@@ -90,17 +90,20 @@ def train(name: str, recipe: Path, work: Path, overrides: list[str], quick: bool
 
 def _samples(settings):
     from glimpserl.rewards import build_reward
-    from glimpserl.rl.evaluate import load_samples
+    from glimpserl.rl.eval.compare import load_samples
 
     samples, _ = load_samples(settings, build_reward("exact_match"))
     return samples
 
 
 def _settings(run: Path, split: str, rows: int | None, batch_size: int, dataset: str | None = None):
-    from glimpserl.rl.eval_config import EvalSettings
+    from glimpserl.rl.eval.compare import resolve_settings
+    from glimpserl.rl.eval.settings import EvalSettings
 
-    return EvalSettings(
-        glimpse=str(run), pruners="glimpse", split=split, max_samples=rows, batch_size=batch_size, dataset=dataset
+    return resolve_settings(
+        EvalSettings(
+            glimpse=str(run), pruners="glimpse", split=split, max_samples=rows, batch_size=batch_size, dataset=dataset
+        )
     )
 
 
@@ -117,8 +120,8 @@ def validation_samples(run: Path, calibration: dict, batch_size: int):
 def _prior(run: Path, samples) -> float:
     """Exact match of answering each test row with its question's most frequent training answer (no image)."""
     from glimpserl.rl.data import DataConfig, load_vqa
-    from glimpserl.rl.eval_report import question_prior
-    from glimpserl.rl.run_card import read_run_card
+    from glimpserl.rl.eval.report import question_prior
+    from glimpserl.rl.runs.card import read_run_card
 
     train, _ = load_vqa(DataConfig(dataset=read_run_card(run)["data"]["dataset"], verify_images=False))
     rows = [{"question": q, "answer": a} for q, a in zip(train["question"], train["answer"])]
@@ -137,7 +140,7 @@ class Evaluator:
 
     def run(self, model, processor, arm, label: str, family: str, layer: str, threshold: float | None = None):
         from glimpserl.models import glimpse_module
-        from glimpserl.rl.evaluate import GROUP_COLUMN, run_arm
+        from glimpserl.rl.eval.arms import GROUP_COLUMN, run_arm
 
         module = glimpse_module(model)
         saved = module.config
@@ -166,8 +169,9 @@ class Evaluator:
 def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     """Every arm of the table on the test split; returns (rows, facts)."""
     from glimpserl.models import glimpse_module
-    from glimpserl.rl.evaluate import Arm, load_eval_model, make_arm
-    from glimpserl.rl.vip_eval import calibrate_threshold
+    from glimpserl.rl.eval.arms import PrunerSetup, pruner_setup
+    from glimpserl.rl.eval.compare import load_eval_model
+    from glimpserl.rl.eval.glimpse import calibrate_threshold
 
     box, kl, plus = work / "vip-box", work / "vip-kl", work / "grpo"
     settings = _settings(box, "test", args.eval_rows, args.batch_size)
@@ -179,33 +183,34 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     facts = {"layer": k, "deploy": deploy, "test_rows": len(evaluator.samples), "val_rows": len(val)}
     facts["question_only_prior"] = _prior(box, evaluator.samples)
 
-    evaluator.run(model, processor, Arm("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
-    glimpse = evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune", "glimpse", str(k))
+    evaluator.run(model, processor, PrunerSetup("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
+    glimpse = evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune", "glimpse", str(k))
     ratio = glimpse["keep_ratio"]
     for factor in GLIMPSE_POINTS:
         target = min(1.0, factor * deploy["target_keep_ratio"])
         point = calibrate_threshold(model, processor, val, target, batch_size=args.batch_size)
         label = f"GlimpsePrune @ val keep {target:.3f}"
-        evaluator.run(model, processor, Arm("glimpse"), label, "glimpse", str(k), point["threshold"])
+        evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse", str(k), point["threshold"])
     for keep in (ratio, *OTHER_RATIOS):
         for name in (*SELECTORS, "downsample"):
-            arm = make_arm(name, keep, seed=0)
+            arm = pruner_setup(name, keep, seed=0)
             layer = "-" if name == "downsample" else str(k)
             evaluator.run(model, processor, arm, f"{name} (layer {layer})", name, layer)
             if name in NATIVE:
                 spec = f"{name}@{NATIVE[name]}"
-                evaluator.run(model, processor, make_arm(spec, keep, seed=0), spec, name, NATIVE[name])
+                evaluator.run(model, processor, pruner_setup(spec, keep, seed=0), spec, name, NATIVE[name])
 
     model, processor = load_eval_model(_settings(kl, "test", args.eval_rows, args.batch_size))
-    evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
+    evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
     model, processor = load_eval_model(_settings(work / "vip-kl-bias", "test", args.eval_rows, args.batch_size))
     label = "GlimpsePrune (KL only, gradient through the additive bias)"
-    evaluator.run(model, processor, Arm("glimpse"), label, "glimpse-kl-bias", str(k))
-    from glimpserl.rl.eval_config import EvalSettings
+    evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-kl-bias", str(k))
+    from glimpserl.rl.eval.compare import resolve_settings
+    from glimpserl.rl.eval.settings import EvalSettings
 
-    plus_settings = EvalSettings(run_dir=str(plus), pruners="glimpse", batch_size=args.batch_size)
+    plus_settings = resolve_settings(EvalSettings(run_dir=str(plus), pruners="glimpse", batch_size=args.batch_size))
     model, processor = load_eval_model(plus_settings)
-    evaluator.run(model, processor, Arm("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
+    evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
     reference = evaluator.results[0]["prefill_ms"]
     for row in evaluator.results:
         row["prefill_ratio"] = row["prefill_ms"] / reference

@@ -116,7 +116,7 @@ def peak_memory_of(fn, device: torch.device):
 
 def _dataset(folder, image_size: int, rows: int):
     from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
-    from glimpserl.rl.synth import write_synth
+    from glimpserl.rl.data.synth import write_synth
 
     data = write_synth(folder, n_train=rows, n_test=1, image_size=image_size, seed=0)
     config = DataConfig(dataset=str(data / "train.jsonl"), max_pixels=image_size * image_size)
@@ -151,8 +151,8 @@ def build_trainer(arm: str, spec, args: argparse.Namespace, dataset, processor, 
 
     from glimpserl.models import get_adapter
     from glimpserl.rewards import build_reward
-    from glimpserl.rl.configs import GlimpseGRPOConfig
-    from glimpserl.rl.grpo_trainer import GlimpseGRPOTrainer
+    from glimpserl.rl.config.stages import GlimpseGRPOConfig
+    from glimpserl.rl.trainers.grpo import GlimpseGRPOTrainer
 
     common = _training_args(args, output_dir, device)
     if arm == "trl":

@@ -27,7 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from glimpserl.models import GlimpseConfig, add_glimpse
 from glimpserl.models.tiny import build_tiny_model, build_tiny_processor
-from glimpserl.rl.evaluate import StepClock
+from glimpserl.rl.eval.arms import StepClock
 
 ARMS = ("unpruned", "pruned")
 PIXELS_PER_TOKEN = 28 * 28  # Qwen-VL: a 14 px patch, merged 2x2

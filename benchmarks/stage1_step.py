@@ -35,8 +35,8 @@ QWEN_VOCAB = 151_936
 
 
 def _batch(processor, size: int, n: int):
-    from ..rl.collate import GlimpseCollator
-    from ..rl.synth import make_sample
+    from ..rl.data.collate import GlimpseCollator
+    from ..rl.data.synth.glimpse import make_sample
 
     samples = []
     for i in range(n):
@@ -49,9 +49,9 @@ def _batch(processor, size: int, n: int):
 def run(args: argparse.Namespace) -> dict:
     from ..models import GlimpseConfig, add_glimpse
     from ..models.tiny import build_tiny_processor
-    from ..rl.collate import model_inputs
-    from ..rl.configs import VIPTrainingConfig
-    from ..rl.vip_trainer import VIPTrainer, freeze_all_but_glimpse
+    from ..rl.config.stages import VIPTrainingConfig
+    from ..rl.data.collate import model_inputs
+    from ..rl.trainers.vip import VIPTrainer, freeze_all_but_glimpse
 
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"

@@ -57,12 +57,27 @@ def add_glimpse(model: nn.Module, config: GlimpseConfig | None = None) -> nn.Mod
     return model
 
 
-def glimpse_module(model: nn.Module) -> GlimpseModule:
-    """The glimpse module of a model prepared by `add_glimpse` (also through a PEFT wrapper)."""
+def pruning_module(model: nn.Module) -> nn.Module:
+    """The module that owns the glimpse and runs the pruned forward (the family's inner model), found through any
+    PEFT / DDP / DeepSpeed wrapper. The one way the project locates a glimpse: `glimpse_module` and `has_glimpse`
+    ask this."""
     for module in model.modules():
-        if isinstance(module, GlimpseModule):
+        if isinstance(getattr(module, "glimpse", None), GlimpseModule):
             return module
     raise ValueError("This model has no glimpse: call glimpserl.models.add_glimpse(model, config) first.")
+
+
+def glimpse_module(model: nn.Module) -> GlimpseModule:
+    """The glimpse module of a model prepared by `add_glimpse` (also through a PEFT wrapper)."""
+    return pruning_module(model).glimpse
+
+
+def has_glimpse(model: nn.Module) -> bool:
+    try:
+        pruning_module(model)
+    except ValueError:
+        return False
+    return True
 
 
 def _signature(model: nn.Module) -> dict:

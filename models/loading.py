@@ -22,7 +22,8 @@ BUILTIN_MODELS = {f"{BUILTIN_PREFIX}tiny-{model_type}": model_type for model_typ
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_MODELS = {"builtin:mini-qwen2_5_vl": ASSETS / "mini-qwen2_5_vl"}
 """Trained checkpoints that ship with the package (see each folder's card.json: recipe, seed, held-out accuracy)."""
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+PROCESSOR_MARKERS = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+"""A folder holds a processor when it holds one of these (the files `processor.save_pretrained` writes first)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -105,7 +106,7 @@ def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | N
     """The processor for `name`; min/max_pixels bound the number of visual tokens per image."""
     from transformers import AutoProcessor
 
-    check_model_name(name, PROCESSOR_FILES)
+    check_model_name(name, PROCESSOR_MARKERS)
     if is_builtin(name) and name not in SHIPPED_MODELS:
         processor = tiny.build_tiny_processor(_builtin_family(name))
     else:

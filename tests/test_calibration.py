@@ -9,8 +9,9 @@ from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module
 from glimpserl.models.loading import load_processor
 from glimpserl.models.tiny import build_tiny_model
 from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
-from glimpserl.rl.synth import write_synth
-from glimpserl.rl.vip_eval import calibrate_threshold, mean_keep_ratio, vip_logits
+from glimpserl.rl.data.synth import write_synth
+from glimpserl.rl.eval.glimpse import calibrate_threshold, mean_keep_ratio
+from glimpserl.rl.eval.glimpse import prompt_vip_logits as vip_logits
 
 
 @pytest.fixture(scope="module")

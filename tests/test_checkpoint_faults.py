@@ -24,7 +24,7 @@ import transformers
 from helpers import tiny_recipe
 
 from glimpserl.cli import main
-from glimpserl.rl.synth import write_synth
+from glimpserl.rl.data.synth import write_synth
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 112 * 112
@@ -177,7 +177,7 @@ def during_step(monkeypatch, trainer_cls, step: int) -> None:
 
 def during_final_save(monkeypatch, out: Path) -> None:
     """The final save into output_dir (after the last step) starts writing the glimpse, then the process dies."""
-    import glimpserl.rl.checkpoint as module
+    import glimpserl.rl.trainers.checkpoint as module
 
     real = module.save_glimpse
 
@@ -205,13 +205,13 @@ def reference(synth_dir, tmp_path_factory):
 
 
 def _vip_trainer():
-    from glimpserl.rl.vip_trainer import VIPTrainer
+    from glimpserl.rl.trainers.vip import VIPTrainer
 
     return VIPTrainer
 
 
 def _grpo_trainer():
-    from glimpserl.rl.grpo_trainer import GlimpseGRPOTrainer
+    from glimpserl.rl.trainers.grpo import GlimpseGRPOTrainer
 
     return GlimpseGRPOTrainer
 
@@ -289,12 +289,12 @@ def test_nothing_complete_is_refused_not_restarted(stage, synth_dir, tmp_path, s
 def test_export_killed_midway_is_cleaned_up_and_never_taken_for_a_run(reference, tmp_path):
     """A real SIGKILL in the middle of `glimpserl export` (its clean-up code cannot run) leaves a hidden staging
     folder; it is not a run, and the next export to the same place removes it."""
-    from glimpserl.rl.export import inspect_run
+    from glimpserl.rl.runs.export import inspect_run
 
     run, out = reference(GRPO)[0], tmp_path / "export"
     kill = (
         "import os, signal, sys\n"
-        "from glimpserl.rl import export\n"
+        "from glimpserl.rl.runs import export\n"
         "export._copy_processor = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
         "export.export_run(sys.argv[1], sys.argv[2])\n"
     )

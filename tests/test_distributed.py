@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from glimpserl.models import glimpse_module, load_glimpse
 from glimpserl.models.tiny import build_tiny_model
-from glimpserl.rl.synth import write_synth
+from glimpserl.rl.data.synth import write_synth
 
 ROOT = Path(__file__).resolve().parents[1]
 

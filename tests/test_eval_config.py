@@ -3,7 +3,7 @@
 import argparse
 import dataclasses
 
-from glimpserl.rl.eval_config import EvalSettings, add_eval_arguments
+from glimpserl.rl.eval.settings import EvalSettings, add_eval_arguments
 
 
 def test_every_option_is_a_field_and_takes_its_help_from_it():

@@ -13,7 +13,7 @@ TOKENS = 16  # a 112 px image is a 4 x 4 grid of 28 px visual tokens
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from glimpserl.rl.synth import write_synth
+    from glimpserl.rl.data.synth import write_synth
 
     return write_synth(tmp_path_factory.mktemp("synth"), 0, 6, 112, 0) / "test.jsonl"
 
@@ -79,8 +79,8 @@ def test_glimpse_against_matched_baselines(synth, glimpse_dir, tmp_path, capsys)
 
 
 def test_downsample_and_fixed_keep_ratio(synth, capsys):
-    from glimpserl.rl.eval_config import EvalSettings
-    from glimpserl.rl.evaluate import run_eval
+    from glimpserl.rl.eval.compare import run_eval
+    from glimpserl.rl.eval.settings import EvalSettings
 
     settings = EvalSettings(
         dataset=str(synth), pruners="downsample,divprune,none", keep_ratio=0.25, max_samples=2, max_new_tokens=2
@@ -97,8 +97,8 @@ def test_downsample_and_fixed_keep_ratio(synth, capsys):
 def test_downsample_shrinks_a_processor_pinned_to_one_size(synth):
     """min_pixels == max_pixels (every image exactly one size, as the mini recipes set it) must not scale the
     shrunk image back up: both bounds move with the keep ratio."""
-    from glimpserl.rl.eval_config import EvalSettings
-    from glimpserl.rl.evaluate import run_eval
+    from glimpserl.rl.eval.compare import run_eval
+    from glimpserl.rl.eval.settings import EvalSettings
 
     pinned = 112 * 112
     settings = EvalSettings(
@@ -168,9 +168,9 @@ def test_dataset_without_the_metric_column(tmp_path, capsys):
 def test_eval_asks_its_questions_the_way_the_run_trained(synth, glimpse_dir, tmp_path):
     """A run's glimpserl_run.json sets eval's default data, prompt template, system prompt and pixel bounds; flags
     given on the command line still win. Without a card eval uses the data loader's defaults."""
-    from glimpserl.rl.eval_config import EvalSettings
-    from glimpserl.rl.evaluate import load_samples
-    from glimpserl.rl.run_card import RUN_CARD
+    from glimpserl.rl.eval.compare import load_samples, resolve_settings
+    from glimpserl.rl.eval.settings import EvalSettings
+    from glimpserl.rl.runs.card import RUN_CARD
 
     run = tmp_path / "run"
     run.mkdir()
@@ -183,7 +183,7 @@ def test_eval_asks_its_questions_the_way_the_run_trained(synth, glimpse_dir, tmp
         "eval_dataset": str(synth),
     }
     (run / RUN_CARD).write_text(json.dumps(card))
-    settings = EvalSettings(glimpse=str(run), pruners="glimpse,none")
+    settings = resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse,none"))
     assert (settings.dataset, settings.question_template, settings.max_pixels) == (
         str(synth),
         "Q: {question} A:",
@@ -196,7 +196,9 @@ def test_eval_asks_its_questions_the_way_the_run_trained(synth, glimpse_dir, tmp
     assert messages[-1]["content"][-1]["text"].startswith("Q: ") and messages[-1]["content"][-1]["text"].endswith(
         " A:"
     )
-    override = EvalSettings(glimpse=str(run), pruners="glimpse", question_template="{question}?", max_pixels=3136)
+    override = resolve_settings(
+        EvalSettings(glimpse=str(run), pruners="glimpse", question_template="{question}?", max_pixels=3136)
+    )
     assert (override.question_template, override.max_pixels) == ("{question}?", 3136)
-    bare = EvalSettings(glimpse=str(glimpse_dir), pruners="glimpse", dataset=str(synth))
+    bare = resolve_settings(EvalSettings(glimpse=str(glimpse_dir), pruners="glimpse", dataset=str(synth)))
     assert bare.question_template is None and not bare.run_card

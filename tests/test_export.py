@@ -13,8 +13,8 @@ from glimpserl.cli import main
 from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module, load_glimpse, save_glimpse
 from glimpserl.models.loading import load_model
 from glimpserl.models.tiny import save_tiny
-from glimpserl.rl import export
-from glimpserl.rl.export import load_exported
+from glimpserl.rl.runs import export
+from glimpserl.rl.runs.export import load_exported
 
 LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 

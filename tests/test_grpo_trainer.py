@@ -13,11 +13,11 @@ from glimpserl.models.loading import load_processor
 from glimpserl.models.tiny import build_tiny_model
 from glimpserl.rewards import Reward, register
 from glimpserl.rewards.registry import available_rewards
-from glimpserl.rl.configs import GlimpseGRPOConfig
+from glimpserl.rl.config.stages import GlimpseGRPOConfig
 from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
-from glimpserl.rl.grpo_trainer import GlimpseGRPOTrainer
-from glimpserl.rl.rollouts import capture_glimpse_results
-from glimpserl.rl.synth import write_synth
+from glimpserl.rl.data.synth import write_synth
+from glimpserl.rl.trainers.grpo import GlimpseGRPOTrainer
+from glimpserl.rl.trainers.rollouts import capture_glimpse_results
 
 MAX_PIXELS = 112 * 112
 SEEN: list[dict] = []

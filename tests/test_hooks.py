@@ -6,7 +6,7 @@ import inspect
 import pytest
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from glimpserl.rl.configs import GlimpseGRPOConfig, VIPTrainingConfig, VLMSFTConfig
+from glimpserl.rl.config.stages import GlimpseGRPOConfig, VIPTrainingConfig, VLMSFTConfig
 
 OVERRIDDEN = {
     SFTTrainer: [
@@ -120,7 +120,7 @@ def test_shared_config_fields_are_declared_once_in_their_mixin():
     would let its default and help drift from the other stages'."""
     import inspect
 
-    from glimpserl.rl import configs
+    from glimpserl.rl.config import stages as configs
 
     owners = {"synth_": configs.SynthArguments, "eval_": configs.HeldOutArguments}
     seen = set()

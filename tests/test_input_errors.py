@@ -13,7 +13,7 @@ from helpers import tiny_recipe
 from PIL import Image
 
 from glimpserl.cli import main
-from glimpserl.rl.synth import write_synth
+from glimpserl.rl.data.synth import write_synth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def test_bad_data_file_is_one_line_before_the_model_loads(case, synth_dir, tmp_p
 
 def test_every_glimpse_config_field_is_a_recipe_key(synth_dir, tmp_path):
     from glimpserl.models import GlimpseConfig
-    from glimpserl.rl.recipe import parse_recipe
+    from glimpserl.rl.config.recipe import parse_recipe
 
     overrides = ["--glimpse_readout", "log_softmax", "--glimpse_vision_feature_layers", "1", "0"]
     overrides += ["--vip_rope_theta", "50", "--vip_init_bias", "1.5", "--glimpse_min_keep", "2"]
@@ -255,3 +255,44 @@ def test_eval_weights_and_model_are_checked_before_the_model_loads(tmp_path, no_
     fails_fast(capsys, ["eval", "--glimpse", str(tmp_path / "nope")], f"No glimpse checkpoint in {tmp_path / 'nope'}")
     fails_fast(capsys, ["eval", "--model", "/models/missing-vlm"], "Model path '/models/missing-vlm' does not exist")
     fails_fast(capsys, ["eval", "--run", str(tmp_path)], f"{tmp_path} has no glimpse weights")
+
+
+def _trained_glimpse(folder: Path, **config) -> Path:
+    """A glimpse checkpoint as stage 1 writes it (on the tiny recipes' VIP shape), without training it."""
+    from glimpserl.models import GlimpseConfig, add_glimpse, save_glimpse
+    from glimpserl.models.tiny import build_tiny_model
+
+    shape = dict(layer=2, vip_hidden_size=64, vip_intermediate_size=128, vip_num_blocks=2, vip_num_heads=2)
+    return save_glimpse(add_glimpse(build_tiny_model("qwen2_5_vl", seed=0), GlimpseConfig(**shape, **config)), folder)
+
+
+def test_glimpse_init_takes_the_loaded_settings_and_applies_the_decision_keys_on_top(synth_dir, tmp_path):
+    """With glimpse_init, glimpse keys the recipe leaves unset are the loaded glimpse's (not GlimpseConfig's
+    defaults, which the run would otherwise have dropped silently or, worse, used), and threshold-type keys it sets
+    apply on top; the main then runs that config."""
+    import torch
+
+    from glimpserl.models import glimpse_module
+    from glimpserl.models.tiny import build_tiny_model
+    from glimpserl.rl.config.recipe import parse_recipe
+    from glimpserl.rl.train import attach_glimpse
+
+    folder = _trained_glimpse(tmp_path / "vip-run", threshold=0.3, max_keep_ratio=0.5, vip_init_bias=1.0)
+    recipe = _recipe(tmp_path, synth_dir, "grpo", _replace("glimpse_layer: 2", f"glimpse_init: {folder}"))
+    _, model_args, _, _ = parse_recipe(recipe, ["--glimpse_threshold", "0.2"])
+    config = model_args.glimpse_config()
+    assert (config.threshold, config.max_keep_ratio, config.vip_init_bias, config.layer) == (0.2, 0.5, 1.0, 2)
+    glimpse = glimpse_module(attach_glimpse(build_tiny_model("qwen2_5_vl", seed=0), model_args))
+    assert (glimpse.config.threshold, glimpse.config.max_keep_ratio) == (0.2, 0.5)
+    from safetensors.torch import load_file
+
+    loaded = load_file(str(folder / "glimpse.safetensors"))  # the weights are the loaded ones, not a fresh VIP's
+    assert all(torch.equal(loaded[k], v) for k, v in glimpse.state_dict().items())
+
+
+def test_glimpse_init_with_a_key_that_would_change_the_trained_vip_is_one_line(synth_dir, tmp_path, no_model, capsys):
+    folder = _trained_glimpse(tmp_path / "vip-run")
+    recipe = _recipe(tmp_path, synth_dir, "grpo", _replace("glimpse_layer: 2", f"glimpse_init: {folder}"))
+    argv = ["train", str(recipe), "--vip_hidden_size", "32"]
+    fails_fast(capsys, argv, "glimpse_init holds a trained glimpse", "vip_hidden_size=32 (trained: 64)")
+    fails_fast(capsys, [*argv[:2], "--glimpse_layer", "1"], "glimpse_layer=1 (trained: 2)", "glimpse_threshold")

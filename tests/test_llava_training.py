@@ -13,13 +13,13 @@ from glimpserl.cli import main
 from glimpserl.models import GlimpseConfig, add_glimpse
 from glimpserl.models.loading import load_processor
 from glimpserl.models.tiny import build_tiny_model
-from glimpserl.rl.configs import GlimpseGRPOConfig, VIPTrainingConfig, VLMSFTConfig
+from glimpserl.rl.config.stages import GlimpseGRPOConfig, VIPTrainingConfig, VLMSFTConfig
 from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
-from glimpserl.rl.export import load_exported
-from glimpserl.rl.grpo_trainer import GlimpseGRPOTrainer
-from glimpserl.rl.sft_trainer import VLMSFTTrainer
-from glimpserl.rl.synth import write_synth
-from glimpserl.rl.vip_trainer import VIPTrainer
+from glimpserl.rl.data.synth import write_synth
+from glimpserl.rl.runs.export import load_exported
+from glimpserl.rl.trainers.grpo import GlimpseGRPOTrainer
+from glimpserl.rl.trainers.sft import VLMSFTTrainer
+from glimpserl.rl.trainers.vip import VIPTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:tiny-llava"
@@ -142,19 +142,23 @@ def _glimpse_config(folder: Path) -> dict:
 
 def test_eval_settings_follow_the_family(synth):
     """VisionZip runs on LLaVA and not on Qwen; downsampling leaves LLaVA's default list and is refused when asked."""
-    from glimpserl.rl.eval_config import EvalSettings
+    from glimpserl.rl.eval.compare import resolve_settings
+    from glimpserl.rl.eval.settings import EvalSettings
 
-    llava = EvalSettings(model=MODEL, dataset=str(synth / "test.jsonl"))
+    def settings(**kwargs):
+        return resolve_settings(EvalSettings(**kwargs))
+
+    llava = settings(model=MODEL, dataset=str(synth / "test.jsonl"))
     assert "downsample" not in llava.pruners and "gprune" in llava.pruners
-    assert EvalSettings(model=MODEL, dataset=str(synth / "test.jsonl"), pruners="visionzip").pruners == ["visionzip"]
+    assert settings(model=MODEL, dataset=str(synth / "test.jsonl"), pruners="visionzip").pruners == ["visionzip"]
     with pytest.raises(ValueError, match="same number of visual tokens"):
-        EvalSettings(model=MODEL, dataset=str(synth / "test.jsonl"), pruners="downsample")
+        settings(model=MODEL, dataset=str(synth / "test.jsonl"), pruners="downsample")
     with pytest.raises(ValueError, match="needs vision-encoder attention, which the qwen2_5_vl model family"):
-        EvalSettings(model="builtin:tiny-qwen2_5_vl", dataset=str(synth / "test.jsonl"), pruners="visionzip")
+        settings(model="builtin:tiny-qwen2_5_vl", dataset=str(synth / "test.jsonl"), pruners="visionzip")
 
 
 def test_pixel_bounds_on_a_llava_recipe_fail_at_parse_time(tmp_path, synth):
-    from glimpserl.rl.recipe import parse_recipe
+    from glimpserl.rl.config.recipe import parse_recipe
 
     recipe = _recipe("recipes/tiny/llava_vip.yaml", tmp_path / "r.yaml", synth, max_pixels=12544)
     with pytest.raises(ValueError, match=r"max_pixels: builtin:tiny-llava is a llava model.*remove min_pixels"):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from glimpserl.rl import losses
+from glimpserl.rl.trainers import losses
 
 
 def test_answer_kl_by_hand():

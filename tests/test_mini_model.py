@@ -8,9 +8,9 @@ import torch
 
 from glimpserl.models.loading import SHIPPED_MODELS, load_model, load_processor
 from glimpserl.rewards import build_reward
-from glimpserl.rl.eval_report import question_prior
-from glimpserl.rl.evaluate import encode
-from glimpserl.rl.synth_shapes import make_shapes_sample
+from glimpserl.rl.data.synth.shapes import make_shapes_sample
+from glimpserl.rl.eval.arms import encode
+from glimpserl.rl.eval.report import question_prior
 
 NAME = "builtin:mini-qwen2_5_vl"
 ROWS = 64

@@ -212,7 +212,7 @@ def test_soft_masked_mode_trains_the_vip(tiny_processor):
 def test_dropped_tokens_get_a_distillation_gradient_only_through_the_mask(tiny_processor, relaxation, dropped_learn):
     """Through the real pruned forward: the KL to the unpruned model reaches the VIP logits of tokens the sampled
     mask dropped only with the multiplicative straight-through estimator."""
-    from glimpserl.rl import losses
+    from glimpserl.rl.trainers import losses
 
     inputs = _ragged(tiny_processor)
     model = _glimpse_model("qwen2_5_vl")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glimpserl.rl.recipe import parse_recipe
+from glimpserl.rl.config.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

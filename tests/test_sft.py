@@ -9,11 +9,11 @@ import torch
 
 from glimpserl.models.loading import load_processor
 from glimpserl.models.tiny import build_tiny_model
-from glimpserl.rl.configs import VLMSFTConfig
+from glimpserl.rl.config.stages import VLMSFTConfig
 from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
-from glimpserl.rl.eval_report import question_prior
-from glimpserl.rl.sft_trainer import VLMSFTTrainer
-from glimpserl.rl.synth import write_synth
+from glimpserl.rl.data.synth import write_synth
+from glimpserl.rl.eval.report import question_prior
+from glimpserl.rl.trainers.sft import VLMSFTTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PIXELS = 112 * 112
@@ -130,7 +130,7 @@ def test_collating_answers_leaves_the_saved_processor_untouched(shapes_dir, tmp_
     the fast tokenizer's backend, and every processor saved afterwards (checkpoints, runs) would cut prompts there."""
     from PIL import Image
 
-    from glimpserl.rl.collate import GlimpseCollator
+    from glimpserl.rl.data.collate import GlimpseCollator
 
     trainer = _trainer(shapes_dir, tmp_path / "collate")
     processor = trainer.processing_class

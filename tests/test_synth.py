@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from glimpserl.rl.synth import COLOURS, KINDS, TARGET_AREA, draw_object, make_sample, synth_main, write_synth
+from glimpserl.cli import synth_main
+from glimpserl.rl.data.synth import write_synth
+from glimpserl.rl.data.synth.drawing import COLOURS, draw_object
+from glimpserl.rl.data.synth.glimpse import KINDS, TARGET_AREA, make_sample
 
 SIZE = 112
 
@@ -124,7 +127,7 @@ def test_synth_set_loads_with_the_data_loader(synth_dir):
 # ---------------------------------------------------------------- the shapes task (builtin:shapes)
 @pytest.mark.parametrize("index", range(8))
 def test_shapes_target_is_the_only_coloured_object_and_fills_its_tokens(index):
-    from glimpserl.rl.synth_shapes import CELLS, GREYS, KINDS, OBJECTS, TOKEN, make_shapes_sample
+    from glimpserl.rl.data.synth.shapes import CELLS, GREYS, KINDS, OBJECTS, TOKEN, make_shapes_sample
 
     sample = make_shapes_sample(seed=2, split="test", index=index, image_size=336)
     target, others = sample.target, sample.objects[1:]
@@ -146,7 +149,7 @@ def test_shapes_target_is_the_only_coloured_object_and_fills_its_tokens(index):
 
 
 def test_shapes_curriculum_grows_the_canvas_and_the_count_on_the_train_split_only():
-    from glimpserl.rl.synth_shapes import OBJECTS, canvas_size, make_shapes_sample, object_range
+    from glimpserl.rl.data.synth.shapes import OBJECTS, canvas_size, make_shapes_sample, object_range
 
     assert object_range("train", 0, 600) == (1, 1)
     assert object_range("train", 300, 600) == (1, 1 + OBJECTS[1] * 300 // 600)
@@ -174,12 +177,9 @@ def test_shapes_task_through_the_cli_with_a_validation_split(tmp_path, capsys):
 
 
 def test_builtin_data_follows_synth_seed_not_the_training_seed(tmp_path, monkeypatch):
-    import contextlib
     from types import SimpleNamespace
 
-    from glimpserl.rl.configs import SynthArguments
-    from glimpserl.rl.evaluate import BUILTIN_DATA
-    from glimpserl.rl.train import materialize_synth
+    from glimpserl.rl.data.synth.builtin import SynthArguments, builtin_split
 
     monkeypatch.setenv("GLIMPSERL_CACHE", str(tmp_path))
     args = SimpleNamespace(
@@ -190,9 +190,9 @@ def test_builtin_data_follows_synth_seed_not_the_training_seed(tmp_path, monkeyp
         synth_val=0,
         synth_image_size=84,
         synth_curriculum=0,
-        main_process_first=lambda desc: contextlib.nullcontext(),
     )
-    folder = materialize_synth("builtin:shapes", args)
+    folder = builtin_split("builtin:shapes", "train", args).parent
     assert json.loads((folder / "dataset.json").read_text())["seed"] == 3 and "seed3" in folder.name
     # A bare builtin name in `glimpserl eval` means the recipes' default set, not a seed of its own.
-    assert {BUILTIN_DATA[name]["seed"] for name in BUILTIN_DATA} == {SynthArguments().synth_seed} == {0}
+    default = builtin_split("builtin:synth", "test").parent
+    assert json.loads((default / "dataset.json").read_text())["seed"] == SynthArguments().synth_seed == 0

@@ -16,10 +16,11 @@ from helpers import tiny_recipe
 from glimpserl.models import GlimpseConfig, add_glimpse, glimpse_module, read_glimpse_config
 from glimpserl.models.loading import load_processor
 from glimpserl.models.tiny import build_tiny_model
-from glimpserl.rl.configs import VIPTrainingConfig
+from glimpserl.rl.config.stages import VIPTrainingConfig
 from glimpserl.rl.data import DataConfig, conversation_dataset, load_vqa
-from glimpserl.rl.synth import write_synth
-from glimpserl.rl.vip_trainer import COMPLETE_MARKER, VIPTrainer, last_complete_checkpoint
+from glimpserl.rl.data.synth import write_synth
+from glimpserl.rl.trainers.checkpoint import COMPLETE_MARKER, last_complete_checkpoint
+from glimpserl.rl.trainers.vip import VIPTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 112 * 112
@@ -30,13 +31,11 @@ def synth_dir(tmp_path_factory):
     return write_synth(tmp_path_factory.mktemp("synth"), n_train=8, n_test=4, image_size=112, seed=0)
 
 
-def _trainer(synth_dir, output_dir, **overrides):
+def _trainer(synth_dir, output_dir, glimpse=None, **overrides):
     data = DataConfig(dataset=str(synth_dir / "train.jsonl"), max_pixels=MAX_PIXELS)
     dataset, _ = load_vqa(data)
-    model = add_glimpse(
-        build_tiny_model("qwen2_5_vl", seed=0),
-        GlimpseConfig(layer=2, vip_hidden_size=32, vip_intermediate_size=64, vip_num_blocks=1, vip_num_heads=2),
-    )
+    shape = dict(layer=2, vip_hidden_size=32, vip_intermediate_size=64, vip_num_blocks=1, vip_num_heads=2)
+    model = add_glimpse(build_tiny_model("qwen2_5_vl", seed=0), GlimpseConfig(**shape, **(glimpse or {})))
     config = dict(
         output_dir=str(output_dir),
         max_steps=3,
@@ -203,3 +202,13 @@ def test_train_with_a_missing_image_fails_fast_naming_the_row(synth_dir, tmp_pat
     assert result.returncode == 2
     assert "row 3" in result.stderr and "does_not_exist.png" in result.stderr
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_threshold_zero_keeps_and_logs_every_token(synth_dir, tmp_path):
+    """Threshold 0.0 means "keep every visual token": the trainer must use it as 0.0 (it used to read it as 0.5), so
+    the logged hard keep ratio is 1.0 even when the VIP scores every token low (sigmoid(-6) = 0.0025)."""
+    trainer = _trainer(synth_dir, tmp_path / "run", glimpse={"threshold": 0.0, "vip_init_bias": -6.0}, max_steps=1)
+    assert trainer.threshold == 0.0
+    trainer.train()
+    assert trainer.state.log_history[0]["keep_ratio"] == 1.0
+    assert trainer.state.log_history[0]["keep_prob"] < 0.1

@@ -5,7 +5,7 @@ Each selector looks at the visual tokens of ONE image and returns a bool keep ma
 
     selector = build_selector("gprune", iterations=5)
     keep = keep_count(n, keep_ratio=0.5)
-    mask = selector.select(features=feats, keep=keep, attn_last=None, vision_attn=None, generator=None)
+    mask = selector.select(features=feats, keep=keep)  # the fields of SelectorInputs, as keywords
 
 Names: `gprune` (graph propagation, arXiv 2501.02268), `fastv` (attention of the last prompt token at
 layer K; needs `attn_last`), `divprune` (greedy max-min diversity), `cdpruner` (conditional DPP over
@@ -24,6 +24,7 @@ from .random_subset import RandomSelector
 from .registry import (
     SELECTORS,
     SIGNALS,
+    SelectorInputs,
     TokenSelector,
     build_selector,
     check_signals,
@@ -42,6 +43,7 @@ __all__ = [
     "FastVSelector",
     "GPruneSelector",
     "RandomSelector",
+    "SelectorInputs",
     "TokenSelector",
     "TrainingFreePruner",
     "VisionZipSelector",

@@ -21,7 +21,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .registry import check_inputs, cosine_similarity_matrix, register_selector
+from .registry import SelectorInputs, TokenSelector, cosine_similarity_matrix, index_mask, register_selector
 
 GAIN_FLOOR = 1e-10
 
@@ -76,7 +76,7 @@ def dpp_greedy(kernel: Tensor, keep: int, fallback: Tensor | None = None) -> Ten
 
 @register_selector("cdpruner")
 @dataclasses.dataclass(frozen=True)
-class CDPrunerSelector:
+class CDPrunerSelector(TokenSelector):
     """The `keep` tokens of the greedy conditional-DPP search; needs the instruction's token features."""
 
     theta: float | None = None
@@ -88,19 +88,7 @@ class CDPrunerSelector:
         if self.theta is not None and not 0.0 < self.theta < 1.0:
             raise ValueError(f"theta must be in (0, 1) (or None for plain relevance), got {self.theta}")
 
-    def select(
-        self,
-        *,
-        features: Tensor,
-        keep: int,
-        attn_last: Tensor | None = None,
-        vision_attn: Tensor | None = None,
-        instruction: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        check_inputs(self, features, keep, instruction=instruction)
-        relevance = cdpruner_relevance(features, instruction, self.negate)
-        order = dpp_greedy(cdpruner_kernel(features, relevance, self.theta), keep, fallback=relevance)
-        mask = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
-        mask[order.to(features.device)] = True
-        return mask
+    def choose(self, x: SelectorInputs) -> Tensor:
+        relevance = cdpruner_relevance(x.features, x.instruction, self.negate)
+        order = dpp_greedy(cdpruner_kernel(x.features, relevance, self.theta), x.keep, fallback=relevance)
+        return index_mask(order, x.n, x.features.device)

@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .registry import check_inputs, cosine_similarity_matrix, register_selector
+from .registry import SelectorInputs, TokenSelector, cosine_similarity_matrix, index_mask, register_selector
 
 
 def divprune_order(features: Tensor, keep: int) -> Tensor:
@@ -38,22 +38,10 @@ def divprune_order(features: Tensor, keep: int) -> Tensor:
 
 @register_selector("divprune")
 @dataclasses.dataclass(frozen=True)
-class DivPruneSelector:
+class DivPruneSelector(TokenSelector):
     """The first `keep` tokens of `divprune_order`; needs only the features."""
 
     needs = frozenset()
 
-    def select(
-        self,
-        *,
-        features: Tensor,
-        keep: int,
-        attn_last: Tensor | None = None,
-        vision_attn: Tensor | None = None,
-        instruction: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        check_inputs(self, features, keep)
-        mask = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
-        mask[divprune_order(features, keep)] = True
-        return mask
+    def choose(self, x: SelectorInputs) -> Tensor:
+        return index_mask(divprune_order(x.features, x.keep), x.n, x.features.device)

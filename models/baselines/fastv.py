@@ -8,28 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 from torch import Tensor
 
-from .registry import check_inputs, register_selector, top_k_mask
+from .registry import SelectorInputs, TokenSelector, register_selector, top_k_mask
 
 
 @register_selector("fastv")
 @dataclasses.dataclass(frozen=True)
-class FastVSelector:
+class FastVSelector(TokenSelector):
     """Top-`keep` tokens by `attn_last`."""
 
     needs = frozenset({"attn_last"})
 
-    def select(
-        self,
-        *,
-        features: Tensor,
-        keep: int,
-        attn_last: Tensor | None = None,
-        vision_attn: Tensor | None = None,
-        instruction: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        check_inputs(self, features, keep, attn_last=attn_last)
-        return top_k_mask(attn_last.float().to(features.device), keep)
+    def choose(self, x: SelectorInputs) -> Tensor:
+        return top_k_mask(x.attn_last.float().to(x.features.device), x.keep)

@@ -23,7 +23,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .registry import check_inputs, cosine_similarity_matrix, register_selector, top_k_mask
+from .registry import SelectorInputs, TokenSelector, cosine_similarity_matrix, register_selector, top_k_mask
 
 
 def gprune_transition(features: Tensor, *, edge_threshold: float = 0.5, temperature: float = 0.03) -> Tensor:
@@ -48,7 +48,7 @@ def gprune_scores(
 
 @register_selector("gprune")
 @dataclasses.dataclass(frozen=True)
-class GPruneSelector:
+class GPruneSelector(TokenSelector):
     """Top-`keep` tokens by `gprune_scores`; needs only the features."""
 
     edge_threshold: float = 0.5
@@ -65,18 +65,8 @@ class GPruneSelector:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
             raise ValueError(f"iterations must be an int >= 0, got {self.iterations!r}")
 
-    def select(
-        self,
-        *,
-        features: Tensor,
-        keep: int,
-        attn_last: Tensor | None = None,
-        vision_attn: Tensor | None = None,
-        instruction: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        check_inputs(self, features, keep)
+    def choose(self, x: SelectorInputs) -> Tensor:
         scores = gprune_scores(
-            features, edge_threshold=self.edge_threshold, temperature=self.temperature, iterations=self.iterations
+            x.features, edge_threshold=self.edge_threshold, temperature=self.temperature, iterations=self.iterations
         )
-        return top_k_mask(scores, keep)
+        return top_k_mask(scores, x.keep)

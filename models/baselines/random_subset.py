@@ -7,31 +7,18 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .registry import check_inputs, register_selector
+from .registry import SelectorInputs, TokenSelector, index_mask, register_selector
 
 
 @register_selector("random")
 @dataclasses.dataclass(frozen=True)
-class RandomSelector:
+class RandomSelector(TokenSelector):
     """Uniform subset of size `keep`. Pass a seeded `generator` for reproducible masks; without one the
     global torch RNG is used. The permutation is drawn on the generator's device, then moved."""
 
     needs = frozenset()
 
-    def select(
-        self,
-        *,
-        features: Tensor,
-        keep: int,
-        attn_last: Tensor | None = None,
-        vision_attn: Tensor | None = None,
-        instruction: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        check_inputs(self, features, keep)
-        n = features.shape[0]
-        device = generator.device if generator is not None else torch.device("cpu")
-        chosen = torch.randperm(n, generator=generator, device=device)[:keep].to(features.device)
-        mask = torch.zeros(n, dtype=torch.bool, device=features.device)
-        mask[chosen] = True
-        return mask
+    def choose(self, x: SelectorInputs) -> Tensor:
+        device = x.generator.device if x.generator is not None else torch.device("cpu")
+        chosen = torch.randperm(x.n, generator=x.generator, device=device)[: x.keep]
+        return index_mask(chosen, x.n, x.features.device)

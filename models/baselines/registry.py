@@ -7,10 +7,10 @@ selector `needs` (`attn_last`, `vision_attn`, `instruction`), calls `select`, an
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -25,31 +25,42 @@ SIGNAL_NAMES = {
 }
 
 
-@runtime_checkable
-class TokenSelector(Protocol):
-    """Chooses which visual tokens of one image survive.
+@dataclasses.dataclass(frozen=True)
+class SelectorInputs:
+    """What a selector sees of ONE image: features `[n, d]` (after the projector) and how many to keep
+    (0 < keep <= n), plus the optional signals its `needs` name (None otherwise): attn_last `[n]` (attention from the
+    last prompt token at layer K, head-averaged), vision_attn `[n]` (attention received inside the vision encoder),
+    instruction `[m, d]` (input features of the prompt's text after the image, in the features' space), and a
+    generator for selectors that draw at random."""
 
-    `needs` names the optional signals (a subset of `SIGNALS`) that `select` requires; the caller
-    must pass those, and may pass `None` for the others.
+    features: Tensor
+    keep: int
+    attn_last: Tensor | None = None
+    vision_attn: Tensor | None = None
+    instruction: Tensor | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def n(self) -> int:
+        return self.features.shape[0]
+
+
+class TokenSelector:
+    """Chooses which visual tokens of one image survive. A selector declares the signals it `needs` (a subset of
+    `SIGNALS`) and implements `choose`; callers call `select(**inputs)`, which checks the inputs first.
+
+    Returns a bool mask `[n]` on `features.device` with exactly `keep` True entries.
     """
 
-    needs: frozenset[str]
+    needs: frozenset[str] = frozenset()
 
-    def select(
-        self,
-        *,
-        features: Tensor,
-        keep: int,
-        attn_last: Tensor | None = None,
-        vision_attn: Tensor | None = None,
-        instruction: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """features `[n, d]` (after the projector), attn_last `[n]` (attention from the last prompt token
-        at layer K, head-averaged), vision_attn `[n]` (attention received inside the vision encoder),
-        instruction `[m, d]` (input features of the prompt's text after the image, in the features' space).
-        Returns a bool mask `[n]` on `features.device` with exactly `keep` True (0 < keep <= n)."""
-        ...
+    def select(self, **inputs: object) -> Tensor:
+        x = SelectorInputs(**inputs)
+        check_inputs(self, x)
+        return self.choose(x)
+
+    def choose(self, x: SelectorInputs) -> Tensor:
+        raise NotImplementedError
 
 
 SELECTORS: dict[str, type] = {}
@@ -120,16 +131,17 @@ def keep_count(n: int, keep_ratio: float | None = None, budget: int | None = Non
     return max(1, min(n, count))
 
 
-def check_inputs(selector: object, features: Tensor, keep: int, **signals: Tensor | None) -> None:
+def check_inputs(selector: TokenSelector, x: SelectorInputs) -> None:
     """Shared argument checks: features `[n, d]`, 0 < keep <= n, every needed signal present with its shape
     (`[n]` for per-token scores, `[m, d]` with m >= 1 for `instruction`)."""
+    features, keep = x.features, x.keep
     if features.dim() != 2 or features.shape[0] == 0:
         raise ValueError(f"features must be [n, d] with n >= 1, got shape {tuple(features.shape)}")
     n = features.shape[0]
     if isinstance(keep, bool) or not isinstance(keep, int) or not 0 < keep <= n:
         raise ValueError(f"keep must be an int in [1, {n}] for {n} visual tokens, got {keep!r}")
     for name in getattr(selector, "needs", ()):
-        value = signals.get(name)
+        value = getattr(x, name)
         shape = "an [m, d] tensor" if name == "instruction" else "a [n] tensor"
         if value is None:
             raise ValueError(f"{type(selector).__name__} needs {name} ({shape}), got None")
@@ -143,12 +155,16 @@ def check_inputs(selector: object, features: Tensor, keep: int, **signals: Tenso
             raise ValueError(f"{name} must have shape [{n}] to match features, got {tuple(value.shape)}")
 
 
+def index_mask(indices: Tensor, n: int, device: torch.device) -> Tensor:
+    """Bool mask `[n]` on `device`, True at `indices`."""
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    mask[indices.to(device)] = True
+    return mask
+
+
 def top_k_mask(scores: Tensor, keep: int) -> Tensor:
     """Bool mask `[n]` of the `keep` largest scores; equal scores go to the lower index (stable sort)."""
-    order = torch.sort(scores, descending=True, stable=True).indices[:keep]
-    mask = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
-    mask[order] = True
-    return mask
+    return index_mask(torch.sort(scores, descending=True, stable=True).indices[:keep], scores.shape[0], scores.device)
 
 
 def cosine_similarity_matrix(features: Tensor) -> Tensor:

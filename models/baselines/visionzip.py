@@ -26,7 +26,14 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .registry import check_inputs, cosine_similarity_matrix, register_selector, top_k_mask
+from .registry import (
+    SelectorInputs,
+    TokenSelector,
+    cosine_similarity_matrix,
+    index_mask,
+    register_selector,
+    top_k_mask,
+)
 
 
 def visionzip_split(
@@ -42,14 +49,12 @@ def visionzip_split(
     slots = torch.div(
         (2 * torch.arange(n_context, device=rest.device) + 1) * rest.numel(), 2 * n_context, rounding_mode="floor"
     )
-    contextual = torch.zeros(n, dtype=torch.bool, device=features.device)
-    contextual[rest[slots]] = True
-    return dominant, contextual
+    return dominant, index_mask(rest[slots], n, features.device)
 
 
 @register_selector("visionzip")
 @dataclasses.dataclass(frozen=True)
-class VisionZipSelector:
+class VisionZipSelector(TokenSelector):
     """Dominant tokens by `vision_attn` plus evenly spaced contextual tokens; see the module docstring."""
 
     dominant_fraction: float = 54 / 64
@@ -60,18 +65,8 @@ class VisionZipSelector:
         if not 0.0 <= self.dominant_fraction <= 1.0:
             raise ValueError(f"dominant_fraction must be in [0, 1], got {self.dominant_fraction}")
 
-    def select(
-        self,
-        *,
-        features: Tensor,
-        keep: int,
-        attn_last: Tensor | None = None,
-        vision_attn: Tensor | None = None,
-        instruction: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        check_inputs(self, features, keep, vision_attn=vision_attn)
-        dominant, contextual = visionzip_split(features, keep, vision_attn, self.dominant_fraction)
+    def choose(self, x: SelectorInputs) -> Tensor:
+        dominant, contextual = visionzip_split(x.features, x.keep, x.vision_attn, self.dominant_fraction)
         return dominant | contextual
 
 

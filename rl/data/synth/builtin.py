@@ -1,0 +1,65 @@
+"""The built-in data sets (`dataset: builtin:synth` / `builtin:shapes`): their names, their settings, and the one
+function that turns a name into files.
+
+Light on purpose (standard library only at import): recipe and eval settings name these sets before anything heavy
+is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUILTIN_SETS = {"builtin:synth": "glimpse", "builtin:shapes": "shapes"}
+"""Built-in data set name -> synthetic task (see `writer.TASKS`)."""
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SynthArguments:
+    """The built-in synthetic sets (`dataset: builtin:synth` or `builtin:shapes`): sizes and their own seed."""
+
+    synth_train: int = field(default=200, metadata={"help": "Rows of the built-in synthetic train split."})
+    synth_val: int = field(
+        default=64, metadata={"help": "Rows of the built-in synthetic validation split (thresholds are picked here)."}
+    )
+    synth_test: int = field(default=50, metadata={"help": "Rows of the built-in synthetic test split."})
+    synth_image_size: int = field(default=448, metadata={"help": "Side of the built-in synthetic images (px)."})
+    synth_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the built-in synthetic data, independent of the training seed (same data, new run)."
+        },
+    )
+    synth_curriculum: int = field(
+        default=0,
+        metadata={
+            "help": "builtin:shapes only: the first N train rows hold fewer objects, rising from one to the full "
+            "count (for training a model from scratch; read the rows in order with train_sampling_strategy: "
+            "sequential). 0 = off."
+        },
+    )
+
+
+def is_builtin_set(name: str | None) -> bool:
+    return name in BUILTIN_SETS
+
+
+def builtin_split(name: str, split: str, settings: SynthArguments | None = None) -> Path:
+    """The JSONL file of `split` of the built-in set `name` under `settings` (default: SynthArguments' defaults),
+    written once into glimpserl's cache."""
+    from .writer import cached_synth
+
+    if split not in SPLITS:
+        raise ValueError(f"{name} has the splits {', '.join(repr(s) for s in SPLITS)}, not {split!r}.")
+    s = settings or SynthArguments()
+    folder = cached_synth(
+        s.synth_train,
+        s.synth_test,
+        s.synth_image_size,
+        s.synth_seed,
+        task=BUILTIN_SETS[name],
+        n_val=s.synth_val,
+        curriculum=s.synth_curriculum,
+    )
+    return folder / f"{split}.jsonl"

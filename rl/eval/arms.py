@@ -1,0 +1,175 @@
+"""One pruner over one VQA set: batched greedy generation, the metric, token counts and timing per sample.
+
+Timing: a stopping criterion stamps the clock after every generated token of the generate call. Prefill = start of
+the call to the first stamp (vision encoder, prefill forward, first token); decode per token = the mean gap between
+later stamps (one decode step of the whole batch). Both are per batch. Downsampling shrinks each image by sqrt(keep
+ratio) per side and lowers the processor's pixel bounds by the keep ratio, so an image gets about keep-ratio times its
+visual tokens (the patch grid rounds it; the measured ratio is reported).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ..data.conversation import image_token_id
+from .report import arm_summary
+from .settings import DOWNSAMPLE, GLIMPSE, UNPRUNED, parse_pruner_spec
+
+NOT_COLUMNS = ("images", "prompt")
+GROUP_COLUMN = "kind"
+"""Rows that carry this column (the built-in sets' question kind) also get the metric per value."""
+
+
+@dataclass
+class PrunerSetup:
+    """How one pruner of the comparison runs: the generate keywords that select it, and the inputs it sees."""
+
+    name: str
+    generate_kwargs: dict = field(default_factory=dict)
+    target_keep_ratio: float | None = None
+    shrink: float | None = None
+    """Downsampling: the fraction of each image's pixels (and of max_pixels) kept."""
+
+
+def pruner_setup(name: str, keep_ratio: float | None, seed: int) -> PrunerSetup:
+    from ...models.baselines import TrainingFreePruner
+
+    if name == GLIMPSE:
+        return PrunerSetup(name)
+    if name == UNPRUNED:
+        return PrunerSetup(name, {"glimpse_mode": "off"})
+    if name == DOWNSAMPLE:
+        return PrunerSetup(name, {"glimpse_mode": "off"}, keep_ratio, shrink=keep_ratio)
+    selector, layer = parse_pruner_spec(name)
+    pruner = TrainingFreePruner.build(selector, keep_ratio=keep_ratio, seed=seed, layer=layer)
+    return PrunerSetup(name, {"glimpse_pruner": pruner}, keep_ratio)
+
+
+class StepClock(StoppingCriteria):
+    """Stamps a clock after every generated token (the prefill's included); never stops generation.
+
+    `now` is the clock (benchmarks pass one that also reads CPU time). A CUDA device is synchronised first, so a
+    stamp comes after the step's kernels.
+    """
+
+    def __init__(self, now: Callable[[], object] = time.perf_counter) -> None:
+        self.now = now
+        self.stamps: list = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if input_ids.is_cuda:
+            torch.cuda.synchronize(input_ids.device)
+        self.stamps.append(self.now())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def encode(processor, rows: list[dict], shrink: float | None = None) -> dict:
+    """Left-padded prompt batch; `shrink` keeps that fraction of every image's pixels (downsampling)."""
+    texts = [processor.apply_chat_template(row["prompt"], add_generation_prompt=True) for row in rows]
+    images = [image for row in rows for image in row["images"]]
+    kwargs = {}
+    if shrink is not None and shrink < 1.0:
+        from ...models import processor_adapter
+
+        kwargs = processor_adapter(processor).shrink_kwargs(processor, shrink)
+        scale = math.sqrt(shrink)
+        images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale)))) for im in images]
+    return dict(processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left", **kwargs))
+
+
+def generate(model, inputs: dict, arm: PrunerSetup, max_new_tokens: int):
+    """Greedy generate; returns (output, prefill seconds, decode seconds, decode steps)."""
+    clock = StepClock()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            return_dict_in_generate=True,
+            stopping_criteria=StoppingCriteriaList([clock]),
+            **arm.generate_kwargs,
+        )
+    stamps = clock.stamps or [time.perf_counter()]
+    return out, stamps[0] - start, stamps[-1] - stamps[0], len(stamps) - 1
+
+
+def run_arm(
+    model,
+    processor,
+    samples,
+    arm: PrunerSetup,
+    reward,
+    batch_size: int,
+    max_new_tokens: int,
+    group_column: str | None = None,
+) -> dict:
+    """Generate, score and measure one pruner over all samples; returns its summary with per-sample records (and the
+    metric per value of `group_column`, e.g. the question kind, when rows carry it)."""
+    image_token = image_token_id(processor)
+    device = next(model.parameters()).device
+    batches = [range(s, min(s + batch_size, len(samples))) for s in range(0, len(samples), batch_size)]
+    records, timings = [], []
+    started = time.perf_counter()
+    for number, indices in enumerate(tqdm(batches, desc=f"eval {arm.name}", leave=False)):
+        rows = [samples[i] for i in indices]
+        inputs = {k: v.to(device) for k, v in encode(processor, rows, arm.shrink).items()}
+        if number == 0:  # warm-up: first-call allocations and kernel choices stay out of the timings
+            generate(model, inputs, arm, 2)
+        out, prefill, decode, steps = generate(model, inputs, arm, max_new_tokens)
+        timings.append({"prefill_s": prefill, "decode_s": decode, "decode_steps": steps})
+        texts = processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        counts = token_counts(out, inputs, processor, rows, arm, image_token)
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in NOT_COLUMNS}
+        scores = reward(
+            completions=texts,
+            prompts=[row["prompt"] for row in rows],
+            **columns,
+            prune_ratio=[1.0 - c["keep_ratio"] for c in counts],
+            kept_tokens=[c["kept_tokens"] for c in counts],
+            visual_tokens=[c["visual_tokens"] for c in counts],
+        )
+        result = getattr(getattr(out.cache, "glimpse_state", None), "result", None)
+        for b, (row, text, score, count) in enumerate(zip(rows, texts, scores, counts, strict=True)):
+            boxes = box_scores(result, b, row)
+            group = {"group": row[group_column]} if group_column and row.get(group_column) is not None else {}
+            records.append(
+                {"row": row.get("source_row"), "prediction": text, "score": score, **count, **boxes, **group}
+            )
+    return arm_summary(arm.name, arm.target_keep_ratio, records, timings, time.perf_counter() - started)
+
+
+def token_counts(out, inputs: dict, processor, rows: list[dict], arm: PrunerSetup, image_token: int) -> list[dict]:
+    """Per sample: visual tokens, kept visual tokens, keep ratio, and KV length (cached tokens) after prefill."""
+    state = getattr(out.cache, "glimpse_state", None)
+    if state is not None:  # pruned prefill: the cache holds the text and the kept visual tokens
+        result = state.result
+        visual, kept, kv = result.num_visual.tolist(), result.num_kept.tolist(), state.attention_mask.sum(1).tolist()
+    else:
+        kept = (inputs["input_ids"] == image_token).sum(1).tolist()
+        kv = inputs["attention_mask"].sum(1).tolist()
+        visual = kept
+        if arm.shrink is not None:  # the original images' token counts are the reference
+            visual = (encode(processor, rows)["input_ids"] == image_token).sum(1).tolist()
+    return [
+        {"visual_tokens": int(v), "kept_tokens": int(k), "keep_ratio": k / max(v, 1), "kv_length": int(n)}
+        for v, k, n in zip(visual, kept, kv, strict=True)
+    ]
+
+
+def box_scores(result, sample: int, row: dict) -> dict:
+    """Box recall / precision of the kept tokens of a one-image row with boxes; {} otherwise (or when unpruned)."""
+    from ..trainers.losses import kept_box_scores
+
+    if result is None:
+        return {}
+    sizes = [image.size for image in row["images"]]
+    scores = kept_box_scores(result, result.keep_mask, sample, row.get("boxes"), sizes)
+    return {} if scores is None else {"box_recall": scores[0], "box_precision": scores[1]}
