@@ -16,7 +16,8 @@ SYNTH_TASKS = ("glimpse", "shapes")
 
 
 def _add_visualize(subparsers) -> None:
-    from .rl.config.names import DtypeArguments, GlimpseOverrides
+    from .rl.config.names import DtypeArguments, GenerationArguments, GlimpseOverrides
+    from .rl.data.settings import PromptArguments
     from .rl.eval.settings import add_options
 
     p = subparsers.add_parser(
@@ -30,16 +31,9 @@ def _add_visualize(subparsers) -> None:
     p.add_argument("--glimpse", default=None, help="Folder with trained glimpse weights (from training or export).")
     p.add_argument("--image", default=None, help="Image file. Default: a built-in synthetic image.")
     p.add_argument("--question", default=None, help="Question about the image. Default: the built-in one.")
-    add_options(p, GlimpseOverrides)
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="Upper bound on image pixels, for families whose token count follows the image size (Qwen2-VL). "
-        "Default: the processor's own.",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=16, help="Length of the generated answer.")
-    add_options(p, DtypeArguments)
+    for shared in (GlimpseOverrides, GenerationArguments, DtypeArguments):
+        add_options(p, shared)
+    add_options(p, PromptArguments, ("max_pixels",))
     p.add_argument("--out", default="outputs/visualize.png", help="Where to write the PNG.")
     p.set_defaults(run=_run_visualize)
 

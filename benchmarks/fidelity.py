@@ -167,7 +167,7 @@ class Evaluator:
 
 
 def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
-    """Every arm of the table on the test split; returns (rows, facts)."""
+    """Every arm of the table on the test split; returns (rows, run summary)."""
     from glimpserl.models import glimpse_module
     from glimpserl.rl.eval.arms import PrunerSetup, pruner_setup
     from glimpserl.rl.eval.compare import load_eval_model
@@ -180,8 +180,8 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     val = validation_samples(box, deploy, args.batch_size)
     model, processor = load_eval_model(settings)
     k = glimpse_module(model).config.layer
-    facts = {"layer": k, "deploy": deploy, "test_rows": len(evaluator.samples), "val_rows": len(val)}
-    facts["question_only_prior"] = _prior(box, evaluator.samples)
+    summary = {"layer": k, "deploy": deploy, "test_rows": len(evaluator.samples), "val_rows": len(val)}
+    summary["question_only_prior"] = _prior(box, evaluator.samples)
 
     evaluator.run(model, processor, PrunerSetup("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
     glimpse = evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune", "glimpse", str(k))
@@ -214,7 +214,7 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     reference = evaluator.results[0]["prefill_ms"]
     for row in evaluator.results:
         row["prefill_ratio"] = row["prefill_ms"] / reference
-    return evaluator.results, facts
+    return evaluator.results, summary
 
 
 def portable(report: dict, work: Path) -> dict:
@@ -243,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     runs["grpo"] = train("grpo", RECIPES / "grpo.yaml", work, plus, args.quick, args.reuse)
     if args.quick and args.eval_rows is None:
         args.eval_rows = 16
-    rows, facts = evaluate(work, runs, args)
+    rows, summary = evaluate(work, runs, args)
     report = {
         "command": "python -m glimpserl.benchmarks.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": torch.get_num_threads(),
         "wall_seconds": time.perf_counter() - started,
         "training": {name: {k: v for k, v in run.items() if k != "eval"} for name, run in runs.items()},
         "stage1_eval": {name: runs[name].get("eval") for name in ("vip-box", "vip-kl", "vip-kl-bias")},
-        **facts,
+        **summary,
         "rows": rows,
     }
     report = portable(report, work)

@@ -1,7 +1,7 @@
 """The reward base class and the helpers every reward uses to read TRL's keyword arguments.
 
 TRL (`GRPOTrainer._calculate_rewards`) calls each reward as `reward(prompts=..., completions=..., completion_ids=...,
-trainer_state=..., log_metric=..., log_extra=..., **dataset_columns)`; glimpserl's trainer adds the pruning facts
+trainer_state=..., log_metric=..., log_extra=..., **dataset_columns)`; glimpserl's trainer adds the pruning statistics
 `prune_ratio`, `kept_tokens` and `visual_tokens` (one value per completion). A completion is a `str` for plain
 prompts, or a list of message dicts (`[{"role": "assistant", "content": ...}]`) for conversational ones.
 """
@@ -106,7 +106,7 @@ def get_column(kwargs: dict, column: str, reward_name: str, size: int) -> list:
 
 
 def get_pruning_fact(kwargs: dict, fact: str, reward_name: str, size: int) -> list[float]:
-    """One of the pruning facts (`prune_ratio`, `kept_tokens`, `visual_tokens`) per completion, as floats."""
+    """One of the pruning statistics (`prune_ratio`, `kept_tokens`, `visual_tokens`) per completion, as floats."""
     if fact not in kwargs:
         raise ValueError(
             f"Reward '{reward_name}' needs the pruning fact '{fact}' for every completion, but the trainer did not "

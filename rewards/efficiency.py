@@ -1,6 +1,6 @@
 """Efficiency rewards: pay for pruning visual tokens.
 
-They read the pruning facts glimpserl's trainer passes with every completion (`prune_ratio` = pruned / visual
+They read the pruning statistics glimpserl's trainer passes with every completion (`prune_ratio` = pruned / visual
 tokens, `kept_tokens`, `visual_tokens`). Within a GRPO group these only teach something if the keep masks differ
 between the group's rollouts (sampled masks); see docs/method.md section 3.
 

@@ -109,18 +109,15 @@ def load_base_model(model_args):
 
 
 def attach_glimpse(model, model_args):
-    """A fresh glimpse from the recipe's keys, or the `glimpse_init` one with the keys the recipe set on top of it
-    (parsing already checked that those can apply: see GlimpseArguments.follow_loaded)."""
+    """A fresh glimpse from the recipe's keys, or the `glimpse_init` one running its own config with the threshold-type
+    keys the recipe set on top (see GlimpseArguments.on_loaded; parsing refused keys that cannot apply)."""
     from ..models import add_glimpse, glimpse_module, load_glimpse
 
     if not model_args.glimpse_init:
         return add_glimpse(model, model_args.glimpse_config())
     load_glimpse(model, model_args.glimpse_init)
     glimpse = glimpse_module(model)
-    wanted = model_args.glimpse_config()
-    glimpse.config = dataclasses.replace(
-        glimpse.config, threshold=wanted.threshold, max_keep_ratio=wanted.max_keep_ratio, min_keep=wanted.min_keep
-    )
+    glimpse.config = model_args.on_loaded(glimpse.config)
     return model
 
 

@@ -266,28 +266,35 @@ def _trained_glimpse(folder: Path, **config) -> Path:
     return save_glimpse(add_glimpse(build_tiny_model("qwen2_5_vl", seed=0), GlimpseConfig(**shape, **config)), folder)
 
 
-def test_glimpse_init_takes_the_loaded_settings_and_applies_the_decision_keys_on_top(synth_dir, tmp_path):
-    """With glimpse_init, glimpse keys the recipe leaves unset are the loaded glimpse's (not GlimpseConfig's
-    defaults, which the run would otherwise have dropped silently or, worse, used), and threshold-type keys it sets
-    apply on top; the main then runs that config."""
+def test_glimpse_init_runs_the_loaded_settings_with_the_decision_keys_on_top(synth_dir, tmp_path):
+    """With glimpse_init, the run uses the loaded glimpse's settings (not GlimpseConfig's defaults, which the
+    recipe's keys used to carry in silently) and its weights; threshold-type keys the recipe sets apply on top, also
+    when a recipe sets one to its default value. ModelArguments built in code behave alike."""
     import torch
+    from safetensors.torch import load_file
 
     from glimpserl.models import glimpse_module
     from glimpserl.models.tiny import build_tiny_model
     from glimpserl.rl.config.recipe import parse_recipe
+    from glimpserl.rl.config.stages import ModelArguments
     from glimpserl.rl.train import attach_glimpse
 
     folder = _trained_glimpse(tmp_path / "vip-run", threshold=0.3, max_keep_ratio=0.5, vip_init_bias=1.0)
     recipe = _recipe(tmp_path, synth_dir, "grpo", _replace("glimpse_layer: 2", f"glimpse_init: {folder}"))
-    _, model_args, _, _ = parse_recipe(recipe, ["--glimpse_threshold", "0.2"])
-    config = model_args.glimpse_config()
-    assert (config.threshold, config.max_keep_ratio, config.vip_init_bias, config.layer) == (0.2, 0.5, 1.0, 2)
-    glimpse = glimpse_module(attach_glimpse(build_tiny_model("qwen2_5_vl", seed=0), model_args))
-    assert (glimpse.config.threshold, glimpse.config.max_keep_ratio) == (0.2, 0.5)
-    from safetensors.torch import load_file
 
+    def attached(model_args):
+        return glimpse_module(attach_glimpse(build_tiny_model("qwen2_5_vl", seed=0), model_args))
+
+    _, model_args, _, _ = parse_recipe(recipe, ["--glimpse_threshold", "0.2"])
+    glimpse = attached(model_args)
+    config = glimpse.config
+    assert (config.threshold, config.max_keep_ratio, config.vip_init_bias, config.layer) == (0.2, 0.5, 1.0, 2)
     loaded = load_file(str(folder / "glimpse.safetensors"))  # the weights are the loaded ones, not a fresh VIP's
     assert all(torch.equal(loaded[k], v) for k, v in glimpse.state_dict().items())
+    _, model_args, _, _ = parse_recipe(recipe, ["--glimpse_threshold", "0.5"])
+    assert attached(model_args).config.threshold == 0.5
+    in_code = ModelArguments(model_name_or_path="builtin:tiny-qwen2_5_vl", glimpse_init=str(folder))
+    assert (attached(in_code).config.threshold, attached(in_code).config.max_keep_ratio) == (0.3, 0.5)
 
 
 def test_glimpse_init_with_a_key_that_would_change_the_trained_vip_is_one_line(synth_dir, tmp_path, no_model, capsys):

@@ -172,3 +172,23 @@ def test_every_package_folder_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {name for name, path in _modules().items() if path.name == "__init__.py"}
     assert found == listed
+
+
+def test_each_stage_keeps_its_defaults():
+    """The TRL defaults each stage re-declares, pinned: moving a declaration between mixins must not move a value."""
+    from glimpserl.rl.config.stages import GlimpseGRPOConfig, VIPTrainingConfig, VLMSFTConfig
+
+    keys = ("learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "logging_steps", "save_steps")
+    defaults = {
+        cls: tuple(cls.__dataclass_fields__[k].default for k in keys) for cls in (VIPTrainingConfig, VLMSFTConfig)
+    }
+    assert defaults[VIPTrainingConfig] == (1e-4, "cosine", 0.1, 1.0, 1, 50)
+    assert defaults[VLMSFTConfig] == (2e-5, "cosine", 0.05, 1.0, 10, 500)
+    grpo = {
+        k: GlimpseGRPOConfig.__dataclass_fields__[k].default for k in ("learning_rate", "logging_steps", "save_steps")
+    }
+    assert grpo == {"learning_rate": 1e-4, "logging_steps": 1, "save_steps": 50}
+    assert GlimpseGRPOConfig.__dataclass_fields__["lr_scheduler_type"].default == "linear"  # TRL's own
+    for cls in (VIPTrainingConfig, VLMSFTConfig, GlimpseGRPOConfig):
+        assert cls.__dataclass_fields__["remove_unused_columns"].default is False
+        assert cls.__dataclass_fields__["bf16"].default is False

@@ -101,7 +101,7 @@ def parse_checked(
         raise ValueError(f"{parser.source(key) if key else f'Recipe {path}'}: {err}") from None
     check_inputs(parsed, parser, check_files)
     if check_files:
-        _follow_glimpse_init(parsed, set(config) | overridden, parser)
+        _check_glimpse_init(parsed, set(config) | overridden, parser)
     return parsed
 
 
@@ -258,16 +258,16 @@ def _build_rewards(specs) -> None:
     build_rewards(specs)
 
 
-def _follow_glimpse_init(parsed: tuple, explicit: set[str], parser: RecipeParser) -> None:
-    """With `glimpse_init`, the glimpse keys the recipe leaves unset take the loaded glimpse's values, and the ones it
-    sets must be able to apply on top of it (see `GlimpseArguments.follow_loaded`)."""
+def _check_glimpse_init(parsed: tuple, explicit: set[str], parser: RecipeParser) -> None:
+    """With `glimpse_init`, the glimpse keys the recipe sets must be able to apply on top of the loaded glimpse (see
+    `GlimpseArguments.check_loaded`); the stage main then runs the loaded config with those keys on top."""
     from ...models import read_glimpse_config
 
-    model_args = next(config for config in parsed if hasattr(config, "follow_loaded"))
+    model_args = next(config for config in parsed if hasattr(config, "check_loaded"))
     if model_args.glimpse_init is None:
         return
     loaded, _ = read_glimpse_config(model_args.glimpse_init)
     try:
-        model_args.follow_loaded(loaded, explicit)
+        model_args.check_loaded(loaded, explicit)
     except ValueError as err:
         raise ValueError(f"{parser.source('glimpse_init')}: {err}") from None

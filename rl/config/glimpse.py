@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ...models import GlimpseConfig
 
@@ -50,6 +50,9 @@ class GlimpseArguments:
     vip_rope_theta: float = _key("vip_rope_theta")
     vip_init_bias: float = _key("vip_init_bias")
 
+    glimpse_keys_set: ClassVar[frozenset[str] | None] = None
+    """The glimpse keys a parsed recipe or command line set (recorded by `check_loaded` when glimpse_init is given)."""
+
     def __post_init__(self) -> None:
         self.glimpse_config()
 
@@ -63,15 +66,14 @@ class GlimpseArguments:
                 message = message.replace(f"GlimpseConfig.{name}", recipe_key(name))
             raise ValueError(message) from None
 
-    def follow_loaded(self, loaded: GlimpseConfig, explicit: set[str]) -> None:
-        """Take the settings of a loaded glimpse (`glimpse_init`) for every key not in `explicit` (the keys a recipe
-        or the command line set); an explicit key other than APPLIED_ON_LOAD must agree with the loaded glimpse."""
+    def check_loaded(self, loaded: GlimpseConfig, explicit: set[str]) -> None:
+        """With `glimpse_init`: record which glimpse keys the recipe or command line set (`explicit`), and refuse
+        those other than APPLIED_ON_LOAD that disagree with the loaded glimpse (they cannot change a trained VIP)."""
+        self.glimpse_keys_set = frozenset(explicit & {recipe_key(name) for name in _SOURCE})
         clashes = []
         for name in _SOURCE:
             key, value = recipe_key(name), getattr(loaded, name)
-            if key not in explicit:
-                setattr(self, key, value)
-            elif name not in APPLIED_ON_LOAD and getattr(self, key) != value:
+            if key in explicit and name not in APPLIED_ON_LOAD and getattr(self, key) != value:
                 clashes.append(f"{key}={getattr(self, key)!r} (trained: {value!r})")
         if clashes:
             allowed = ", ".join(recipe_key(n) for n in APPLIED_ON_LOAD)
@@ -80,3 +82,13 @@ class GlimpseArguments:
                 f"{allowed} apply on top of a loaded glimpse: remove the others, or train a new glimpse without "
                 "glimpse_init."
             )
+
+    def on_loaded(self, loaded: GlimpseConfig) -> GlimpseConfig:
+        """The config a loaded glimpse (`glimpse_init`) runs with: its own, with the APPLIED_ON_LOAD keys the recipe
+        set on top (keys set by parsing, see `check_loaded`; for arguments built in code, the keys that differ from
+        GlimpseConfig's defaults)."""
+        keys = self.glimpse_keys_set
+        if keys is None:
+            keys = {recipe_key(n) for n in APPLIED_ON_LOAD if getattr(self, recipe_key(n)) != _SOURCE[n].default}
+        changes = {name: getattr(self, recipe_key(name)) for name in APPLIED_ON_LOAD if recipe_key(name) in keys}
+        return dataclasses.replace(loaded, **changes)

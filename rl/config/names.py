@@ -23,6 +23,11 @@ class DtypeArguments:
 
 
 @dataclass
+class GenerationArguments:
+    max_new_tokens: int = field(default=16, metadata={"help": "Greedy answer length limit (new tokens)."})
+
+
+@dataclass
 class GlimpseOverrides:
     """Changes to a trained glimpse's keep decision at inference (None: keep the glimpse's own setting)."""
 

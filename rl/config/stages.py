@@ -210,6 +210,11 @@ class GlimpseGRPOConfig(LoraArguments, HeldOutArguments, SynthArguments, RunDefa
     )
     mask_seed: int = field(default=0, metadata={"help": "Seed of the rollout masks' sampling noise (per rank)."})
 
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Taken from the reward specs' `weight` (see `rewards`); leave unset."},
+    )
+
     # Defaults of the reference GlimpsePrune+ recipe.
     beta: float = field(default=0.04, metadata={"help": "k3 KL coefficient to the reference model."})
     num_generations: int | None = field(default=4, metadata={"help": "Completions per prompt (GRPO group)."})
@@ -241,6 +246,12 @@ class VLMSFTConfig(
     """Stage sft: supervised fine-tuning of the VLM itself on the same VQA rows (loss on the answer tokens only),
     LoRA or full. Adapts a base model to a domain before its glimpse is trained; no glimpse is attached."""
 
+    # The whole VLM trains: a lower rate, a shorter warm-up, and checkpoints (full weights + optimizer) seldom.
     learning_rate: float = field(
         default=2e-5, metadata={"help": "AdamW learning rate (the whole VLM trains: lower than the glimpse stages')."}
     )
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Linear warm-up: a step count, or a fraction of all steps when < 1."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps (full weights + optimizer)."})

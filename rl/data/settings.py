@@ -15,7 +15,7 @@ CANONICAL_COLUMNS = ("image", "question", "answer", "boxes", "source_row")
 DEFAULT_QUESTION_TEMPLATE = "{question}\nAnswer with a single word or phrase."
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SourceArguments:
     """Which rows are read, and where their answers are."""
 
@@ -40,7 +40,7 @@ class SourceArguments:
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PromptArguments:
     """How a row becomes a prompt: its wording and its images' pixel bounds."""
 
@@ -68,11 +68,16 @@ class PromptArguments:
         },
     )
 
+    @property
+    def template(self) -> str:
+        """The question template in effect (the default when none is set)."""
+        return DEFAULT_QUESTION_TEMPLATE if self.question_template is None else self.question_template
+
     def question_text(self, question: str) -> str:
-        return (self.question_template or DEFAULT_QUESTION_TEMPLATE).format(question=question)
+        return self.template.format(question=question)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataConfig(SourceArguments, PromptArguments):
     """Where the VQA data lives, how its columns are named, and how its prompts are worded."""
 
@@ -130,12 +135,11 @@ class DataConfig(SourceArguments, PromptArguments):
         self.boxes_column = self.boxes_column or None
         _check_choice("box_format", self.box_format, ("xyxy_pixel", "xyxy_norm"))
         _check_choice("on_bad_row", self.on_bad_row, ("error", "skip"))
-        template = self.question_template or DEFAULT_QUESTION_TEMPLATE
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None]
         if fields != ["question"]:
             raise ValueError(
                 f"question_template must contain {{question}} exactly once and no other {{field}}, got fields "
-                f"{fields} in {self.question_template!r} (write literal braces as {{{{ and }}}})."
+                f"{fields} in {self.template!r} (write literal braces as {{{{ and }}}})."
             )
         for name in ("min_pixels", "max_pixels", "max_samples"):
             value = getattr(self, name)

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..config.names import DEFAULT_MODEL, DtypeArguments, GlimpseOverrides
+from ..config.names import DEFAULT_MODEL, DtypeArguments, GenerationArguments, GlimpseOverrides
 from ..data.settings import PromptArguments, SourceArguments
 from ..data.synth.builtin import SPLITS, is_builtin_set
 
@@ -34,10 +34,10 @@ def _option(help: str, flag: str | None = None, group: str | None = None, **argp
 
 
 @dataclass
-class EvalSettings(SourceArguments, PromptArguments, GlimpseOverrides, DtypeArguments):
-    """Checked settings of one evaluation; each field is one option of `glimpserl eval`. The data, prompt, dtype and
-    glimpse-override options are the fields a recipe and `glimpserl visualize` declare with them (inherited here);
-    the others are eval's own, their help beside them."""
+class EvalSettings(SourceArguments, PromptArguments, GenerationArguments, GlimpseOverrides, DtypeArguments):
+    """Checked settings of one evaluation; each field is one option of `glimpserl eval`. The data, prompt, generation,
+    dtype and glimpse-override options are the fields a recipe and `glimpserl visualize` declare with them (inherited
+    here); the others are eval's own, their help beside them."""
 
     model: str | None = field(
         default=None,
@@ -84,7 +84,6 @@ class EvalSettings(SourceArguments, PromptArguments, GlimpseOverrides, DtypeArgu
         default="exact_match", metadata=_option("Reward used as the metric (glimpserl.rewards registry).")
     )
     batch_size: int = field(default=8, metadata=_option("Samples per generate call.", type=int))
-    max_new_tokens: int = field(default=16, metadata=_option("Greedy answer length limit.", type=int))
     seed: int = field(default=0, metadata=_option("Seed of the random pruner.", type=int))
     out: str | None = field(default=None, metadata=_option("Write the results (JSON) here."))
 

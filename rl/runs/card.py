@@ -25,7 +25,8 @@ def write_run_card(stage: str, model_args, data_args, eval_args, train_args) -> 
     card = {
         "stage": stage,
         "model_name_or_path": model_args.model_name_or_path,
-        "data": {key: data[key] for key in ("dataset", *PROMPT_KEYS)},
+        # The template in effect, not None: eval must ask the way this run trained, whatever the default is later.
+        "data": {**{key: data[key] for key in ("dataset", *PROMPT_KEYS)}, "question_template": data_args.template},
         "eval_dataset": eval_args.dataset if eval_args is not None else None,
         "seed": train_args.seed,
     }

@@ -128,7 +128,7 @@ def export_run(
 ) -> Path:
     """Export `run_dir` to `out_dir` (see the module docstring) and return `out_dir`.
 
-    `base` overrides the adapter config's base model. `dtype` ("float32", "bfloat16") is the dtype of a saved
+    `base` overrides the adapter config's base model. `dtype` ("float32", "bfloat16", "float16") is the dtype of a saved
     checkpoint (merged or full; default: as stored); an adapter export copies the adapter as trained. Everything
     is written to a hidden folder beside `out_dir` and renamed into place, so `out_dir` is either complete or absent.
     """
