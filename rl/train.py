@@ -42,7 +42,8 @@ def resolve_data(data_args, train_args):
     """Turn built-in set names into files; returns (train, held-out or None, validation or None) DataConfigs. A
     built-in training set also provides the held-out split (test) and the validation split unless other data is
     named."""
-    from .data.synth.builtin import builtin_split, is_builtin_set
+    from .data.synth.builtin import is_builtin_set
+    from .data.synth.writer import builtin_split
 
     def split_file(name: str, split: str) -> str:
         with train_args.main_process_first(desc="built-in synthetic data"):
@@ -139,13 +140,13 @@ def run_sft(model_args, data_args, train_args) -> dict:
     from .data.conversation import conversation_dataset
     from .eval.answers import evaluate_answers
     from .trainers.sft import VLMSFTTrainer
-    from .trainers.tuning import tuning
+    from .trainers.tuning import lora_config
 
     # data
     data = load_run_data("sft", model_args, data_args, train_args)
     # model, peft config
     model = load_base_model(model_args)
-    peft_config = tuning(train_args, model)
+    peft_config = lora_config(train_args, model)  # the trainer freezes the vision encoder under full tuning
     # trainer, train, save
     dataset = conversation_dataset(data.rows, data.train)
     trainer = VLMSFTTrainer(model, train_args, dataset, data.processor, peft_config=peft_config)
@@ -229,14 +230,14 @@ def run_grpo(model_args, data_args, train_args) -> dict:
     from ..rewards import build_rewards
     from .data.conversation import conversation_dataset
     from .trainers.grpo import GlimpseGRPOTrainer
-    from .trainers.tuning import tuning
+    from .trainers.tuning import lora_config
 
     _init_cpu_deepspeed(train_args)
     # data
     data = load_run_data("grpo", model_args, data_args, train_args)
     # model, peft config, rewards (their weights are train_args.reward_weights, from the same specs)
     model = attach_glimpse(load_base_model(model_args), model_args)
-    peft_config = tuning(train_args, model)
+    peft_config = lora_config(train_args, model)  # the trainer freezes the vision encoder under full tuning
     reward_funcs, _ = build_rewards(train_args.rewards)
     # trainer, train, save
     dataset = conversation_dataset(data.rows, data.train)

@@ -149,6 +149,7 @@ def test_lora_run_folder_with_max_pixels(synth, tmp_path, tiny_processor, capsys
         (["--matched", "--pruners", "gprune"], "--pruners must include 'glimpse'"),
         (["--metric", "exact_matc"], "unknown --metric 'exact_matc'; valid metrics:"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--dataset", "builtin:shapes", "--split", "validation"], "builtin:shapes has the splits 'train', 'val' and"),
     ],
 )
 def test_bad_settings_fail_clearly(argv, message, capsys):

@@ -129,6 +129,18 @@ RECIPE_ERRORS = [
         ["grpo.yaml: rewards: Reward 'gated_prune_ratio' has no parameter 'treshold'"],
     ),
     (
+        "non-numeric reward weight",
+        "grpo",
+        _replace("{name: exact_match, weight: 1.0}", "{name: exact_match, weight: high}"),
+        ["grpo.yaml: rewards: Reward 'exact_match': weight must be a number, got 'high'"],
+    ),
+    (
+        "reward_weights beside weighted reward specs",
+        "grpo",
+        _replace("mask_policy: sample", "mask_policy: sample\nreward_weights: [1.0, 1.0, 1.0]"),
+        ["grpo.yaml: reward_weights is taken from the reward specs: give each reward its weight in `rewards`"],
+    ),
+    (
         "bad glimpse value",
         "grpo",
         _replace("glimpse_layer: 2", "glimpse_layer: 2\nglimpse_threshold: 1.5"),

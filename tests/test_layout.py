@@ -122,8 +122,9 @@ def test_no_setting_is_declared_twice():
     owners: dict[str, list[type]] = {}
     classes = _config_dataclasses()
     for cls in classes:
+        fields = {f.name for f in dataclasses.fields(cls)}  # ClassVars are not fields
         for name in cls.__dict__.get("__annotations__", {}):
-            if name in cls.__dataclass_fields__ and cls.__dataclass_fields__[name]._field_type is dataclasses._FIELD:
+            if name in fields:
                 owners.setdefault(name, []).append(cls)
     clashes = [
         f"{name}: {a.__qualname__} and {b.__qualname__}"

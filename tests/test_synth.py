@@ -179,7 +179,8 @@ def test_shapes_task_through_the_cli_with_a_validation_split(tmp_path, capsys):
 def test_builtin_data_follows_synth_seed_not_the_training_seed(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from glimpserl.rl.data.synth.builtin import SynthArguments, builtin_split
+    from glimpserl.rl.data.synth.builtin import SynthArguments
+    from glimpserl.rl.data.synth.writer import builtin_split
 
     monkeypatch.setenv("GLIMPSERL_CACHE", str(tmp_path))
     args = SimpleNamespace(

@@ -197,7 +197,8 @@ def load_samples(settings: EvalSettings, reward):
     from ..data.loading import load_vqa
     from ..data.settings import DataConfig
     from ..data.sources import read_table
-    from ..data.synth.builtin import builtin_split, is_builtin_set
+    from ..data.synth.builtin import is_builtin_set
+    from ..data.synth.writer import builtin_split
 
     path = settings.dataset
     if is_builtin_set(path):  # a bare name: the set with the default synth_* settings (a run's card names files)

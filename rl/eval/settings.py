@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from ..config.names import DEFAULT_MODEL, DtypeArguments, GenerationArguments, GlimpseOverrides
 from ..data.settings import PromptArguments, SourceArguments
-from ..data.synth.builtin import SPLITS, is_builtin_set
+from ..data.synth.builtin import check_split, is_builtin_set
 
 DEFAULT_DATASET = "builtin:synth"
 GLIMPSE, UNPRUNED, DOWNSAMPLE = "glimpse", "none", "downsample"
@@ -106,8 +106,8 @@ class EvalSettings(SourceArguments, PromptArguments, GenerationArguments, Glimps
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-        if is_builtin_set(self.dataset) and self.split not in SPLITS:
-            raise ValueError(f"{self.dataset} has the splits 'train', 'val' and 'test', not {self.split!r}.")
+        if is_builtin_set(self.dataset):
+            check_split(self.dataset, self.split)
         from ...rewards import available_rewards
 
         if self.metric not in available_rewards():

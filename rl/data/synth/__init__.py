@@ -4,8 +4,8 @@
 from ... import lazy_exports
 
 EXPORTS = {
-    ".builtin": "BUILTIN_SETS SynthArguments builtin_split",
+    ".builtin": "BUILTIN_SETS SynthArguments",
     ".drawing": "SynthObject SynthSample parse_image_size",
-    ".writer": "TASKS cached_synth write_synth",
+    ".writer": "TASKS builtin_split cached_synth write_synth",
 }
 __getattr__, __all__ = lazy_exports(__name__, EXPORTS)

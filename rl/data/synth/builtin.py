@@ -1,5 +1,5 @@
-"""The built-in data sets (`dataset: builtin:synth` / `builtin:shapes`): their names, their settings, and the one
-function that turns a name into files.
+"""The built-in data sets (`dataset: builtin:synth` / `builtin:shapes`): their names, their splits and their
+settings (`writer.builtin_split` turns a name into files).
 
 Light on purpose (standard library only at import): recipe and eval settings name these sets before anything heavy
 is imported.
@@ -8,7 +8,6 @@ is imported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 BUILTIN_SETS = {"builtin:synth": "glimpse", "builtin:shapes": "shapes"}
 """Built-in data set name -> synthetic task (see `writer.TASKS`)."""
@@ -45,21 +44,7 @@ def is_builtin_set(name: str | None) -> bool:
     return name in BUILTIN_SETS
 
 
-def builtin_split(name: str, split: str, settings: SynthArguments | None = None) -> Path:
-    """The JSONL file of `split` of the built-in set `name` under `settings` (default: SynthArguments' defaults),
-    written once into glimpserl's cache."""
-    from .writer import cached_synth
-
+def check_split(name: str, split: str) -> None:
+    """A synthetic set has the splits SPLITS only; `name` is the set named in the message."""
     if split not in SPLITS:
-        raise ValueError(f"{name} has the splits {', '.join(repr(s) for s in SPLITS)}, not {split!r}.")
-    s = settings or SynthArguments()
-    folder = cached_synth(
-        s.synth_train,
-        s.synth_test,
-        s.synth_image_size,
-        s.synth_seed,
-        task=BUILTIN_SETS[name],
-        n_val=s.synth_val,
-        curriculum=s.synth_curriculum,
-    )
-    return folder / f"{split}.jsonl"
+        raise ValueError(f"{name} has the splits 'train', 'val' and 'test', not {split!r}.")

@@ -23,6 +23,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .builtin import SPLITS
 from .drawing import COLOURS, SynthObject, SynthSample, draw_object, parse_image_size
 
 SHAPES = ("circle", "square", "triangle")
@@ -32,7 +33,6 @@ WORDS = (
     "bell", "coin", "leaf", "rock", "wolf", "bear", "seed", "ring",
 )  # fmt: skip
 KINDS = ("colour", "digit", "word")
-SPLITS = {"train": 0, "test": 1, "val": 2}
 TARGET_AREA = (0.05, 0.12)  # fraction of the image covered by the target's box
 DISTRACTOR_AREA = (0.012, 0.04)
 STREAM = "glimpserl-synth/v1"

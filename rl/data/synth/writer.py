@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import glimpse, shapes
+from .builtin import BUILTIN_SETS, SynthArguments, check_split
 from .drawing import font_path, parse_image_size
 
 FORMAT_VERSION = 1
@@ -140,3 +141,20 @@ def cached_synth(
     if not (folder / "dataset.json").is_file():  # dataset.json is written last: its presence means complete
         write_synth(folder, n_train, n_test, image_size, seed, True, task, n_val, curriculum)
     return folder
+
+
+def builtin_split(name: str, split: str, settings: SynthArguments | None = None) -> Path:
+    """The JSONL file of `split` of the built-in set `name` under `settings` (default: SynthArguments' defaults),
+    written once into glimpserl's cache."""
+    check_split(name, split)
+    s = settings or SynthArguments()
+    folder = cached_synth(
+        s.synth_train,
+        s.synth_test,
+        s.synth_image_size,
+        s.synth_seed,
+        task=BUILTIN_SETS[name],
+        n_val=s.synth_val,
+        curriculum=s.synth_curriculum,
+    )
+    return folder / f"{split}.jsonl"
