@@ -219,11 +219,17 @@ def get_adapter(model: nn.Module) -> VLMAdapter:
 
 
 def processor_adapter(processor) -> VLMAdapter:
-    """The adapter of the family a processor belongs to."""
+    """The adapter of the family a processor belongs to: the one naming the processor's own class or, failing that,
+    its closest base (a family's processor may derive from another family's)."""
     load_families()
-    for adapter in dict.fromkeys(_ADAPTERS.values()):
-        if isinstance(processor, adapter.processor_types):
-            return adapter
+    mro = type(processor).__mro__
+    matches = [
+        (min(mro.index(cls) for cls in adapter.processor_types if cls in mro), order, adapter)
+        for order, adapter in enumerate(dict.fromkeys(_ADAPTERS.values()))
+        if isinstance(processor, adapter.processor_types)
+    ]
+    if matches:
+        return min(matches, key=lambda match: match[:2])[2]
     raise ValueError(
         f"{type(processor).__name__} is not the processor of a supported model family ({supported_model_types()})."
     )

@@ -16,6 +16,10 @@ Prefill with images, in named steps (`pruned_decoder_forward`):
    left-padded sequence with their ORIGINAL position ids; `_masked_sequence` (masked mode): same length, each visual
    key gets an additive log(keep_prob) in layers K+1.. (a hard 0/1 mask equals physical removal);
 5. layers K+1.. run, then `_final_states` puts the output where the caller reads it.
+
+A family whose vision features are also added to the visual tokens after the first decoder layers (DeepStack, in
+`GlimpseInputs.visual_residuals`) gets them at every layer they belong to: on the whole prompt up to layer K, then
+on the kept tokens only, at their places in the shorter sequence. Side tokens are text and get none.
 """
 
 from __future__ import annotations
@@ -79,7 +83,10 @@ class _Pass:
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor):
         return self.adapter.rotary_tables(self.text, hidden, positions)
 
-    def run_layers(self, layers, h: torch.Tensor, mask, rope, cache) -> torch.Tensor:
+    def run_layers(self, layers, h: torch.Tensor, mask, rope, cache, rows: torch.Tensor | None) -> torch.Tensor:
+        """Run decoder `layers` on h [batch, columns, hidden]; `rows` [batch, columns] is each column's row in the
+        visual residuals (-1: none), None when the family has none."""
+        residuals = self.inputs.visual_residuals or ()
         for idx in layers:
             layer = self.text.layers[idx]
             h = layer(
@@ -90,7 +97,19 @@ class _Pass:
                 use_cache=self.use_cache,
                 **self.layer_kwargs,
             )
+            if rows is not None and idx < len(residuals):
+                h = _add_residual(h, rows, residuals[idx])
         return h
+
+    def residual_rows(self) -> torch.Tensor | None:
+        """[batch, seq] each input column's row in the visual residuals (-1: none); None without residuals."""
+        return self.inputs.residual_rows() if self.inputs.visual_residuals else None
+
+
+def _add_residual(h: torch.Tensor, rows: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """h with residual[rows[b, c]] added at every column whose row is >= 0 (out of place, as autograd needs)."""
+    b, c = (rows >= 0).nonzero(as_tuple=True)
+    return h.index_put((b, c), h[b, c] + residual[rows[b, c]].to(device=h.device, dtype=h.dtype))
 
 
 @dataclass
@@ -175,6 +194,8 @@ def _prompt_layers(p: _Pass) -> _PromptPass:
     g_mask = attention_mask.new_ones(h.shape[0], 1)
     g = p.glimpse.embedding(0).to(h.dtype).expand(h.shape[0], 1, -1) if run_glimpse else None
     store = None  # the private cache of a pass without one, created when first needed
+    rows = p.residual_rows()
+    rows = None if rows is None else rows[:, :prompt]
     out = _PromptPass(h, [], None, None)
     for idx in range(p.k_layer + 1):
         layer = p.text.layers[idx]
@@ -188,7 +209,7 @@ def _prompt_layers(p: _Pass) -> _PromptPass:
             filled = store
         else:
             filled = None
-        h = p.run_layers([idx], h, mask, rope, filled)
+        h = p.run_layers([idx], h, mask, rope, filled, rows)
         if not needs_kv:
             continue
         if filled is not None:
@@ -269,16 +290,16 @@ def _completion_layers(p: _Pass, prompt_pass: _PromptPass, decision: _Decision) 
 
 def _masked_sequence(p: _Pass, prompt_pass: _PromptPass, completion: torch.Tensor, decision: _Decision, result):
     """Masked mode: the full-length sequence with each visual key's log keep-probability added in layers K+1..
-    Returns (hidden, attention mask for layers K+1.., positions, padding mask)."""
+    Returns (hidden, attention mask for layers K+1.., positions, padding mask, residual rows)."""
     result.keep_prob = decision.bias.exp()
     h = torch.cat([prompt_pass.hidden, completion], dim=1)
     mask = _masked_attention_bias(p.inputs.attention_mask, decision.bias, h.dtype)
-    return h, mask, p.inputs.position_ids, p.inputs.attention_mask
+    return h, mask, p.inputs.position_ids, p.inputs.attention_mask, p.residual_rows()
 
 
 def _short_sequence(p: _Pass, prompt_pass: _PromptPass, completion: torch.Tensor, decision: _Decision, result):
     """Prune mode: the kept prompt columns, right-aligned, then the completion; the cache of layers 0..K is gathered
-    to the same layout. Returns (hidden, attention mask for layers K+1.., positions, padding mask)."""
+    to the same layout. Returns (hidden, attention mask for layers K+1.., positions, padding mask, residual rows)."""
     prompt, positions = p.prompt, p.inputs.position_ids
     prompt_mask = p.inputs.attention_mask[:, :prompt]
     index, valid = pruned_layout(decision.keep[:, :prompt])
@@ -293,7 +314,11 @@ def _short_sequence(p: _Pass, prompt_pass: _PromptPass, completion: torch.Tensor
     mask = create_causal_mask(
         config=p.text.config, inputs_embeds=h, attention_mask=attention_mask, cache=p.cache, layer_idx=p.k_layer + 1
     )
-    return h, mask, positions, attention_mask
+    rows = p.residual_rows()
+    if rows is not None:
+        kept_rows = rows[:, :prompt].gather(1, index).masked_fill(~valid, -1)
+        rows = torch.cat([kept_rows, rows[:, prompt:]], dim=1)
+    return h, mask, positions, attention_mask, rows
 
 
 def _final_states(p: _Pass, h: torch.Tensor) -> torch.Tensor:
@@ -345,8 +370,8 @@ def pruned_decoder_forward(
     )
     result.image_grids = _per_sample(inputs.grids, inputs.segments)
     build = _masked_sequence if request.mode == "mask" else _short_sequence
-    h, mask, positions, attention_mask = build(p, prompt_pass, completion, decision, result)
-    h = p.run_layers(range(p.k_layer + 1, len(text.layers)), h, mask, p.rope(h, positions), cache)
+    h, mask, positions, attention_mask, rows = build(p, prompt_pass, completion, decision, result)
+    h = p.run_layers(range(p.k_layer + 1, len(text.layers)), h, mask, p.rope(h, positions), cache, rows)
     h = _final_states(p, h)
     if cache is not None:
         next_position = inputs.position_ids[:, :, prompt - 1] + 1

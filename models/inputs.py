@@ -35,6 +35,16 @@ class GlimpseInputs:
     """(rows, cols) of each image's visual-token grid, images in order."""
     vision_attention: torch.Tensor | None = None
     """[batch, seq] attention each visual token receives inside the vision encoder (0 elsewhere), when asked for."""
+    visual_residuals: list[torch.Tensor] | None = None
+    """Entry i [visual tokens, hidden] is added to the visual tokens' hidden states after decoder layer i, in the
+    order the visual columns come in the batch (row by row): DeepStack's vision features. After the cut only the kept
+    tokens get theirs, at their new places. None: the family injects nothing."""
+
+    def residual_rows(self) -> torch.Tensor:
+        """[batch, seq] the row of each visual column in `visual_residuals`, -1 on text and padding."""
+        flat = self.visual_mask.reshape(-1)
+        rows = flat.long().cumsum(0) - 1
+        return rows.masked_fill(~flat, -1).view_as(self.visual_mask)
 
     @property
     def image_counts(self) -> list[list[int]]:

@@ -2,7 +2,9 @@
 attend to the prompt's keys/values of that layer without the prompt ever attending to them.
 
 Shapes: hidden states [batch, tokens, hidden]; rotated keys/values [batch, kv_heads, tokens, head_dim]; `rotary` is
-the family's own (q, k, cos, sin) -> (q, k) function, so the side path rotates exactly like the model.
+the family's own (q, k, cos, sin) -> (q, k) function, so the side path rotates exactly like the model. A layer whose
+attention normalises each head's queries and keys before rotating them (`q_norm` / `k_norm`, as in Qwen3) gets the
+same here.
 """
 
 from __future__ import annotations
@@ -13,21 +15,27 @@ import torch
 from torch import nn
 
 
+def _heads(attn: nn.Module, proj: str, x: torch.Tensor) -> torch.Tensor:
+    """`attn.<proj>_proj(x)` split into heads [batch, heads, tokens, head_dim], through the layer's per-head
+    `<proj>_norm` where it has one."""
+    b, t, _ = x.shape
+    out = getattr(attn, f"{proj}_proj")(x).view(b, t, -1, attn.head_dim)
+    norm = getattr(attn, f"{proj}_norm", None)
+    return (out if norm is None else norm(out)).transpose(1, 2)
+
+
 def _keys(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
     """Rotated keys [batch, kv_heads, tokens, head_dim] of a normed input [batch, tokens, hidden]."""
-    b, t, _ = x.shape
-    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    k = _heads(attn, "k", x)
     return rotary(k, k, cos, sin)[0]
 
 
 def _values(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    b, t, _ = x.shape
-    return attn.v_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    return _heads(attn, "v", x)
 
 
 def _query(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary: Callable):
-    b, t, _ = x.shape
-    q = attn.q_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    q = _heads(attn, "q", x)
     return rotary(q, q, cos, sin)[0]
 
 

@@ -23,21 +23,44 @@ def batch(processor, questions: list[str], images: list[list[Image.Image]]) -> d
     return dict(processor(text=texts, images=flat, return_tensors="pt", padding=True))
 
 
-def assert_keep_all_matches_vanilla(model, inputs: dict) -> None:
+def assert_keep_all_matches_vanilla(model, inputs: dict, **config) -> None:
     """A glimpse that keeps every token (threshold 0) leaves `model` exactly as it was: last-token logits within
-    1e-4 and the same greedy tokens, on a batch of two samples."""
+    1e-4 and the same greedy tokens, on a batch of two samples. `config`: further GlimpseConfig fields (e.g. layer)."""
     from glimpserl.models import GlimpseConfig, add_glimpse
 
     with torch.no_grad():
         ref = model(**inputs).logits[:, -1]
         ref_gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    add_glimpse(model, GlimpseConfig(threshold=0.0))
+    add_glimpse(model, GlimpseConfig(threshold=0.0, **config))
     with torch.no_grad():
         out = model(**inputs)
         gen = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.glimpse.keep_ratio.tolist() == [1.0, 1.0]
     assert (out.logits[:, -1] - ref).abs().max() <= 1e-4
     assert torch.equal(gen, ref_gen)
+
+
+def assert_hard_mask_equals_removal(model, inputs: dict) -> None:
+    """Masked mode with the pruned pass's own hard decision gives the pruned pass's logits at every kept column
+    (within 1e-4): an additive -inf on dropped keys equals removing them."""
+    with torch.no_grad():
+        pruned = model(**inputs)
+        masked = model(**inputs, glimpse_mode="mask")
+    index = pruned.glimpse.kept_index
+    valid = pruned.glimpse.keep_mask.gather(1, index)
+    assert torch.equal(masked.glimpse.keep_mask, pruned.glimpse.keep_mask | ~inputs["attention_mask"].bool())
+    gathered = masked.logits.gather(1, index[..., None].expand(-1, -1, masked.logits.shape[-1]))
+    assert (gathered - pruned.logits)[valid].abs().max() <= 1e-4
+
+
+def snapshot(model) -> dict:
+    """Every parameter's value now, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(model, before: dict) -> set[str]:
+    """Names of the parameters that differ from `before` (a `snapshot`)."""
+    return {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
 
 
 def tiny_recipe(source, dest, data_dir, max_pixels: int = 112 * 112):

@@ -112,9 +112,44 @@ def test_two_process_zero3_on_llava(llava_data, tmp_path, stage):
     else:
         assert (out / "adapter_model.safetensors").is_file()
         assert len([h for h in state["log_history"] if "glimpse/kept_tokens" in h]) == 2
-    fresh = load_glimpse(build_tiny_model("llava", seed=0), out)  # the checkpoint's signature is LLaVA's
+    assert _saved_glimpse(out, "llava").config.readout == "log_softmax"  # the checkpoint's signature is LLaVA's
+
+
+@pytest.fixture(scope="module")
+def qwen3_data(tmp_path_factory):
+    return write_synth(tmp_path_factory.mktemp("dist_qwen3") / "synth", n_train=8, n_test=4, image_size=128, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "extra"),
+    [("vip", []), ("grpo", ["--num_generations", "2", "--use_lora", "false", "--beta", "0.04"])],
+    ids=["vip", "grpo-full-beta"],
+)
+def test_two_process_zero3_on_qwen3_vl(qwen3_data, tmp_path, stage, extra):
+    """Both stages on the tiny Qwen3-VL under 2-process ZeRO-3: partitioned ViT, DeepStack mergers and Qwen3 decoder;
+    stage 2 in full with a KL reference; the glimpse gathered to save."""
+    recipe = tiny_recipe(ROOT / f"recipes/tiny/qwen3_vl_{stage}.yaml", tmp_path / "recipe.yaml", qwen3_data, 128 * 128)
+    out = tmp_path / "run"
+    done = _launch("cpu_zero3.yaml", recipe, out, *extra)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    if stage == "vip":
+        assert json.loads((out / "eval_results.json").read_text())["eval"]["samples"] == 4
+    else:
+        assert (out / "model.safetensors").is_file()
+        logs = [h for h in state["log_history"] if "glimpse/kept_tokens" in h]
+        assert len(logs) == 2 and all(h["kl"] >= 0 for h in logs)
+    _saved_glimpse(out, "qwen3_vl")  # the checkpoint's signature is Qwen3-VL's
+
+
+def _saved_glimpse(out, family: str):
+    """The run's saved glimpse loaded onto a fresh tiny `family` model: every tensor real (ZeRO-3 gathered them, not
+    placeholders) and equal to the file."""
+    fresh = load_glimpse(build_tiny_model(family, seed=0), out)
     saved = load_file(str(out / "glimpse.safetensors"))
     assert all(t.numel() > 0 for t in saved.values())
     for name, param in glimpse_module(fresh).state_dict().items():
         assert torch.equal(param, saved[name]), name
-    assert glimpse_module(fresh).config.readout == "log_softmax"
+    return glimpse_module(fresh)

@@ -61,14 +61,14 @@ def test_every_family_folder_has_the_same_files_and_ships():
     block = (ROOT / "pyproject.toml").read_text().split("packages = [", 1)[1].split("]", 1)[0]
     packages = set(re.findall(r'"([\w.]+)"', block))
     folders = _family_folders()
-    assert {f.name for f in folders} >= {"qwen2_vl", "llava"}
+    assert {f.name for f in folders} >= {"qwen2_vl", "qwen3_vl", "llava"}
     for folder in folders:
         assert {p.name for p in folder.glob("*.py")} == FAMILY_FILES, folder
         assert f"glimpserl.models.{folder.name}" in packages, f"{folder.name} is missing from pyproject's packages"
 
 
 def test_every_model_type_has_an_adapter_and_a_builtin_tiny_model():
-    assert {"llava", "qwen2_5_vl", "qwen2_vl"} <= set(supported_model_types())
+    assert {"llava", "qwen2_5_vl", "qwen2_vl", "qwen3_vl"} <= set(supported_model_types())
     for model_type in supported_model_types():
         adapter = adapter_for_type(model_type)
         assert model_type in adapter.model_types
@@ -80,7 +80,7 @@ def test_every_model_type_has_an_adapter_and_a_builtin_tiny_model():
         adapter_for_type("idefics3")
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava", "qwen3_vl"])
 def test_glimpse_classes_show_their_base_signature_plus_the_glimpse_keywords(model_type):
     """generate checks its model kwargs against forward signatures and prepares inputs by them: a glimpse class takes
     what its base takes (except precomputed encoder outputs: the glimpse runs the vision encoder itself)."""
@@ -98,3 +98,30 @@ def test_glimpse_classes_show_their_base_signature_plus_the_glimpse_keywords(mod
         params = inspect.signature(cls.forward).parameters
         assert list(params) == [p for p in base if p not in ("mm_encoder_outputs", "kwargs")] + glimpse + ["kwargs"]
     assert issubclass(type(model), base_class) and type(model).__name__ == base_class.__name__  # saved configs
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava", "qwen3_vl"])
+def test_side_path_projects_keys_as_each_familys_own_layer_does(model_type):
+    """The side path recomputes a layer's rotated keys/values (a gradient-checkpointed layer hands over none): they
+    equal what the layer itself caches, per-head q / k norms included (Qwen3's layers have them, the others not)."""
+    import torch
+    from transformers import DynamicCache
+
+    from glimpserl.models import get_adapter
+    from glimpserl.models.side_path import prompt_keys_values
+    from glimpserl.models.tiny import build_tiny_model
+
+    model = build_tiny_model(model_type)
+    adapter = get_adapter(model)
+    text = adapter.text_model(adapter.inner_model(model))
+    layer = text.layers[1]
+    hidden = torch.randn(2, 9, text.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(9).view(1, 1, -1).expand(3, 2, -1)
+    rope = adapter.rotary_tables(text, hidden, positions)
+    cache = DynamicCache(config=text.config)
+    with torch.no_grad():
+        layer(hidden, attention_mask=None, position_embeddings=rope, cache=cache, use_cache=True)
+        keys, values = prompt_keys_values(layer, hidden, rope, adapter.rotary())
+    assert hasattr(layer.self_attn, "k_norm") == (model_type == "qwen3_vl")
+    assert (keys - cache.layers[1].keys).abs().max() <= 1e-5
+    assert (values - cache.layers[1].values).abs().max() <= 1e-5

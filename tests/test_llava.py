@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_keep_all_matches_vanilla, batch, image
+from helpers import assert_hard_mask_equals_removal, assert_keep_all_matches_vanilla, batch, image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
 from glimpserl.models import GlimpseConfig, add_glimpse, get_adapter, glimpse_module
@@ -101,15 +101,7 @@ def test_ragged_pruned_generation_equals_each_sample_alone(processor, inputs):
 
 
 def test_hard_masked_mode_equals_physical_removal(processor, inputs):
-    model = _model(processor, max_keep_ratio=0.3)
-    with torch.no_grad():
-        pruned = model(**inputs)
-        masked = model(**inputs, glimpse_mode="mask")
-    index = pruned.glimpse.kept_index
-    valid = pruned.glimpse.keep_mask.gather(1, index)
-    assert torch.equal(masked.glimpse.keep_mask, pruned.glimpse.keep_mask | ~inputs["attention_mask"].bool())
-    gathered = masked.logits.gather(1, index[..., None].expand(-1, -1, masked.logits.shape[-1]))
-    assert (gathered - pruned.logits)[valid].abs().max() <= 1e-4
+    assert_hard_mask_equals_removal(_model(processor, max_keep_ratio=0.3), inputs)
 
 
 def test_training_forward_with_completion_matches_generation(processor, inputs):

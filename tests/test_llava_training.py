@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import batch, image
+from helpers import batch, changed, image, snapshot
 
 from glimpserl.cli import main
 from glimpserl.models import GlimpseConfig, add_glimpse
@@ -39,14 +39,6 @@ def dataset(synth):
     return conversation_dataset(rows, config)
 
 
-def _snapshot(model) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def _changed(model, before) -> set[str]:
-    return {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
-
-
 def test_stage1_trains_only_the_glimpse_on_llava(dataset, tmp_path):
     model = add_glimpse(build_tiny_model("llava"), GlimpseConfig(**SMALL_GLIMPSE))
     config = VIPTrainingConfig(
@@ -54,10 +46,10 @@ def test_stage1_trains_only_the_glimpse_on_llava(dataset, tmp_path):
         warmup_steps=0, **COMMON,
     )  # fmt: skip
     trainer = VIPTrainer(model, config, dataset, load_processor(MODEL))
-    before = _snapshot(trainer.model)
+    before = snapshot(trainer.model)
     trainer.train()
-    changed = _changed(trainer.model, before)
-    assert changed and all(".glimpse." in n for n in changed)
+    changed_names = changed(trainer.model, before)
+    assert changed_names and all(".glimpse." in n for n in changed_names)
     logged = trainer.state.log_history[0]
     assert {"loss_kl", "loss_sparsity", "loss_box", "keep_ratio", "box_recall"} <= set(logged)
 
@@ -70,11 +62,11 @@ def test_stage2_trains_lora_and_the_vip_on_sampled_masks_on_llava(dataset, tmp_p
         rewards=[{"name": "exact_match", "weight": 1.0}, {"name": "prune_ratio", "weight": 1.0}], **COMMON,
     )  # fmt: skip
     trainer = GlimpseGRPOTrainer(model, config, dataset, load_processor(MODEL))
-    before = _snapshot(trainer.model)
+    before = snapshot(trainer.model)
     trainer.train()
-    changed = _changed(trainer.model, before)
-    assert any("lora_" in n for n in changed) and any(".glimpse." in n for n in changed)
-    assert all("lora_" in n or ".glimpse." in n for n in changed)  # the base stays as loaded
+    changed_names = changed(trainer.model, before)
+    assert any("lora_" in n for n in changed_names) and any(".glimpse." in n for n in changed_names)
+    assert all("lora_" in n or ".glimpse." in n for n in changed_names)  # the base stays as loaded
     logs = [h for h in trainer.state.log_history if "glimpse/prune_ratio" in h]
     assert len(logs) == 2 and all(0.0 <= h["glimpse/prune_ratio"] <= 1.0 for h in logs)
     assert all("glimpse/vip_pg_loss" in h and "kl" in h for h in logs)
@@ -86,11 +78,11 @@ def test_stage_sft_on_llava_keeps_a_frozen_vision_tower(dataset, tmp_path):
         use_lora=False, freeze_vision=True, **COMMON,
     )  # fmt: skip
     trainer = VLMSFTTrainer(build_tiny_model("llava"), config, dataset, load_processor(MODEL))
-    before = _snapshot(trainer.model)
+    before = snapshot(trainer.model)
     trainer.train()
-    changed = _changed(trainer.model, before)
-    assert any(".language_model." in n for n in changed)
-    assert not any(".vision_tower." in n or ".multi_modal_projector." in n for n in changed)
+    changed_names = changed(trainer.model, before)
+    assert any(".language_model." in n for n in changed_names)
+    assert not any(".vision_tower." in n or ".multi_modal_projector." in n for n in changed_names)
     labels = trainer.data_collator([dataset[0]])["labels"][0]
     tokenizer = trainer.processing_class.tokenizer
     assert tokenizer.decode(labels[labels != -100]) == dataset[0]["answer"][0] + tokenizer.eos_token

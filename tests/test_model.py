@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_keep_all_matches_vanilla, batch, image
+from helpers import assert_hard_mask_equals_removal, assert_keep_all_matches_vanilla, batch, image
 
 from glimpserl.models import GlimpseConfig, add_glimpse, load_glimpse, save_glimpse
 from glimpserl.models.tiny import build_tiny_model
@@ -87,16 +87,7 @@ def test_ragged_pruned_generation_equals_each_sample_alone(request, family):
 
 
 def test_hard_masked_mode_equals_physical_removal(tiny_processor):
-    inputs = _ragged(tiny_processor)
-    model = _glimpse_model("qwen2_5_vl", max_keep_ratio=0.3)
-    with torch.no_grad():
-        pruned = model(**inputs)
-        masked = model(**inputs, glimpse_mode="mask")
-    index = pruned.glimpse.kept_index
-    valid = pruned.glimpse.keep_mask.gather(1, index)
-    assert torch.equal(masked.glimpse.keep_mask, pruned.glimpse.keep_mask | ~inputs["attention_mask"].bool())
-    gathered = masked.logits.gather(1, index[..., None].expand(-1, -1, masked.logits.shape[-1]))
-    assert (gathered - pruned.logits)[valid].abs().max() <= 1e-4
+    assert_hard_mask_equals_removal(_glimpse_model("qwen2_5_vl", max_keep_ratio=0.3), _ragged(tiny_processor))
 
 
 def test_threshold_and_min_keep(tiny_processor):

@@ -10,9 +10,7 @@ from transformers.models.qwen2_vl import modeling_qwen2_vl
 from ..adapter import VLMAdapter, register_adapter
 from . import modeling, tiny
 
-TOKEN_PIXELS = 28 * 28
-"""Pixels per visual token: a 14 px patch, merged 2x2."""
-MIN_SHRUNK_PIXELS = 4 * TOKEN_PIXELS
+MIN_SHRUNK_TOKENS = 4
 """Downsampling keeps at least 4 visual tokens per image."""
 
 
@@ -25,6 +23,8 @@ class Qwen2VLAdapter(VLMAdapter):
     default_readout = "logits"
     transformers_modeling = modeling_qwen2_vl
     windowed = False
+    token_pixels = 28 * 28
+    """Pixels per visual token: a 14 px patch, merged 2x2."""
 
     def inner_model(self, model):
         return model.model
@@ -69,7 +69,7 @@ class Qwen2VLAdapter(VLMAdapter):
             return {}
         # Both pixel bounds shrink: a processor pinned to one size (min_pixels == max_pixels) would otherwise scale
         # every image back up to it.
-        bound = max(int(longest * fraction), MIN_SHRUNK_PIXELS)
+        bound = max(int(longest * fraction), MIN_SHRUNK_TOKENS * self.token_pixels)
         return {"size": {"shortest_edge": min(shortest or bound, bound), "longest_edge": bound}}
 
     def build_tiny_model(self, seed=0, **kwargs):

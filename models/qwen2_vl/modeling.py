@@ -4,6 +4,8 @@ token grid."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.vision_utils import get_vision_window_index
@@ -59,12 +61,12 @@ def merged_features(inner, hidden: torch.Tensor, grid_thw: torch.Tensor, windowe
 
 def vision_features(inner, pixel_values, grid_thw, layers: list[int], windowed: bool):
     """Run the vision encoder once; returns (merged image embeddings [tokens, text_hidden], one
-    [tokens, vision_size] feature per entry of `layers`)."""
+    [tokens, vision_size] feature per entry of `layers`, the encoder's whole output)."""
     with VisionTaps(inner.visual.blocks, layers) as taps:
         out = inner.get_image_features(pixel_values, grid_thw, return_dict=True)
     embeds = torch.cat(out.pooler_output, dim=0)
     feats = {i: merged_features(inner, h, grid_thw, windowed) for i, h in taps.outputs.items()}
-    return embeds, [feats[i] for i in layers]
+    return embeds, [feats[i] for i in layers], out
 
 
 def mrope_positions(inner, batch: dict, inputs_embeds: torch.Tensor) -> torch.Tensor:
@@ -89,8 +91,12 @@ def mrope_positions(inner, batch: dict, inputs_embeds: torch.Tensor) -> torch.Te
     return position_ids
 
 
-def prepare_inputs(inner, glimpse, batch: dict, windowed: bool) -> GlimpseInputs:
-    """The decoder inputs of one Qwen2-VL / Qwen2.5-VL forward (`batch`: the inner forward's named arguments)."""
+def prepare_inputs(
+    inner, glimpse, batch: dict, windowed: bool, residuals: Callable[[object], list[torch.Tensor]] | None = None
+) -> GlimpseInputs:
+    """The decoder inputs of one forward of a Qwen-VL family (`batch`: the inner forward's named arguments).
+    `residuals`: what the vision encoder's output adds to the visual tokens after the first decoder layers (see
+    `GlimpseInputs.visual_residuals`), for a family whose encoder gives any."""
     for name, message in UNSUPPORTED.items():
         if batch.get(name) is not None:
             raise ValueError(message)
@@ -104,7 +110,7 @@ def prepare_inputs(inner, glimpse, batch: dict, windowed: bool) -> GlimpseInputs
     expected = (grid_thw.prod(-1) // merge**2).tolist()
     segments = image_runs(visual_mask, expected)
     layers = glimpse.config.vision_feature_layers
-    embeds, feats = vision_features(inner, batch["pixel_values"], grid_thw, layers, windowed)
+    embeds, feats, encoded = vision_features(inner, batch["pixel_values"], grid_thw, layers, windowed)
     inputs_embeds = batch["inputs_embeds"]
     if inputs_embeds is None:
         inputs_embeds = inner.get_input_embeddings()(input_ids)
@@ -126,4 +132,5 @@ def prepare_inputs(inner, glimpse, batch: dict, windowed: bool) -> GlimpseInputs
         image_token_mask=token_mask,
         segments=segments,
         grids=grids,
+        visual_residuals=None if residuals is None else residuals(encoded),
     )

