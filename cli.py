@@ -288,7 +288,8 @@ def _add_bench(subparsers) -> None:
 def _run_bench(args) -> int:
     from .benchmarks.scaling import markdown_table, run, write_outputs
 
-    results = run(args, on_size=lambda partial: write_outputs(partial, args.out_dir))  # kept if a sweep is stopped
+    # Written after every size, so a stopped sweep keeps its finished sizes.
+    results = run(args, on_size=lambda partial: write_outputs(partial, args.out_dir, png=not args.no_plot))
     print(markdown_table(results))
     print(f"results: {args.out_dir}/scaling.{{json,md,png}}", file=sys.stderr)
     return 0

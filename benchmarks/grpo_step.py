@@ -41,7 +41,7 @@ import time
 import torch
 from transformers import PrinterCallback
 
-from glimpserl.benchmarks.arguments import add_model_arguments
+from glimpserl.benchmarks.arguments import add_model_arguments, shape_values
 from glimpserl.benchmarks.measure import PIXELS_PER_TOKEN, build_arm, profiled_peak_bytes, sync
 from glimpserl.benchmarks.prefill_decode import spec_from_args
 
@@ -123,7 +123,7 @@ def _dataset(folder, image_size: int, rows: int):
     return conversation_dataset(load_vqa(config)[0], config)
 
 
-def _training_args(args: argparse.Namespace, output_dir: str, device: torch.device) -> dict:
+def _training_args(args: argparse.Namespace, spec, output_dir: str, device: torch.device) -> dict:
     return dict(
         output_dir=output_dir,
         max_steps=args.steps,
@@ -137,7 +137,8 @@ def _training_args(args: argparse.Namespace, output_dir: str, device: torch.devi
         report_to="none",
         disable_tqdm=True,
         use_cpu=device.type == "cpu",
-        bf16=False,
+        bf16=spec.dtype == "bfloat16",
+        generation_kwargs={"min_new_tokens": args.completion_tokens},  # every rollout runs to --completion-tokens
         gradient_checkpointing=False,
         remove_unused_columns=False,
         seed=args.seed,
@@ -154,7 +155,7 @@ def build_trainer(arm: str, spec, args: argparse.Namespace, dataset, processor, 
     from glimpserl.rl.config.stages import GlimpseGRPOConfig
     from glimpserl.rl.trainers.grpo import GlimpseGRPOTrainer
 
-    common = _training_args(args, output_dir, device)
+    common = _training_args(args, spec, output_dir, device)
     if arm == "trl":
         model = build_arm(spec, processor, device, "unpruned")
         lora = LoraConfig(
@@ -210,6 +211,17 @@ def _summary(runs: list[dict]) -> dict:
     }
 
 
+def phase_bounds(spec, text: int, visual: int, completion: int) -> dict:
+    """What pruning can save per phase at best, as a ratio to unpruned (text: the prompt's non-visual tokens).
+    generation: decoding reads a KV cache of text + kept + completion instead of text + visual + completion (its
+    attention share; the weights' share does not shrink); log_probs and backward: layers 0..K run on every column,
+    layers K+1.. on text + kept + completion, so at least (K+1)/L + (L-K-1)/L x that share of the decoder work."""
+    kept = max(1, int(spec.keep_ratio * visual))
+    share = (text + kept + completion) / (text + visual + completion)
+    full = (spec.layer_k + 1) / spec.layers
+    return {"generation_kv": share, "log_probs": full + (1 - full) * share, "backward": full + (1 - full) * share}
+
+
 def _ratios(arms: dict) -> dict:
     ratios = {}
     for arm in ARMS[1:]:
@@ -229,13 +241,15 @@ def run(args: argparse.Namespace) -> dict:
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
     torch.set_num_threads(args.threads)
-    spec = dataclasses.replace(spec_from_args(args), vocab=args.vocab)
+    spec = spec_from_args(args)
     side = math.ceil(math.sqrt(args.visual_tokens))  # visual tokens per image side, 28 px each
     pixels = side * side * PIXELS_PER_TOKEN
     processor = build_tiny_processor("qwen2_5_vl", min_pixels=pixels, max_pixels=pixels)
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as folder:
         dataset = _dataset(folder, side * 28, rows=max(8, args.steps))
+        prompt = processor.apply_chat_template(dataset[0]["prompt"], add_generation_prompt=True)
+        prompt_tokens = len(processor(text=[prompt], images=dataset[0]["images"])["input_ids"][0])
         for r in range(args.rounds):
             for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
                 measure = r == 0 and not args.no_memory
@@ -251,6 +265,7 @@ def run(args: argparse.Namespace) -> dict:
         "lora_r": args.lora_r,
         "arms": arms,
         "ratios": _ratios(arms),
+        "bounds": phase_bounds(spec, prompt_tokens - side * side, side * side, args.completion_tokens),
     }
 
 
@@ -279,6 +294,13 @@ def markdown_report(result: dict) -> str:
         f"{result['threads']} threads; medians of {arms['trl']['steps_timed']} steps per arm (seconds). Kept visual "
         f"tokens per rollout: " + ", ".join(f"{arm} {arms[arm]['kept_tokens']:.0f}" for arm in ARMS[1:]) + "."
     )
+    bounds = result["bounds"]
+    lines.append(
+        f"Best case per phase at keep {model['keep_ratio']:.0%} (ratio to unpruned): generation's KV length "
+        f"{bounds['generation_kv']:.2f} (decoding also reads every weight, which pruning does not shrink); log-prob "
+        f"passes and backward >= {bounds['log_probs']:.2f} (layers 0..K = {model['layer_k']} of {model['layers']} run "
+        "on every token)."
+    )
     return "\n".join(lines)
 
 
@@ -288,12 +310,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_arguments(p)
-    p.add_argument("--vocab", type=int, default=QWEN_VOCAB, help="Text vocabulary (Qwen2.5's by default).")
+    add_model_arguments(p, vocab=QWEN_VOCAB)
     p.add_argument("--visual-tokens", type=int, default=1024, help="At least this many visual tokens per image.")
     p.add_argument("--keep-ratio", type=float, default=0.1, help="Kept share of visual tokens (pruned, sample).")
     p.add_argument("--generations", type=int, default=4, help="Rollouts per prompt (one prompt per step).")
-    p.add_argument("--completion-tokens", type=int, default=8, help="New tokens per rollout.")
+    p.add_argument(
+        "--completion-tokens",
+        type=int,
+        default=128,
+        help="New tokens per rollout (GlimpsePrune+ generates up to 128; the rollouts are made to run to it).",
+    )
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2r) on the language model.")
     p.add_argument("--steps", type=int, default=3, help="Optimizer steps per run (the first is a warm-up).")
     p.add_argument("--rounds", type=int, default=2, help="Rounds over the arms.")
@@ -304,6 +330,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device is available.")
     if args.steps < 2 or args.rounds < 1 or not 0.0 < args.keep_ratio <= 1.0:
         p.error("--steps must be >= 2 (the first is a warm-up), --rounds >= 1 and --keep-ratio in (0, 1].")
+    try:
+        shape_values(args)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 

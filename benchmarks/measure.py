@@ -26,8 +26,8 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from glimpserl.models import GlimpseConfig, add_glimpse
+from glimpserl.models.clock import StepClock
 from glimpserl.models.tiny import build_tiny_model, build_tiny_processor
-from glimpserl.rl.eval.arms import StepClock
 
 ARMS = ("unpruned", "pruned")
 PIXELS_PER_TOKEN = 28 * 28  # Qwen-VL: a 14 px patch, merged 2x2
@@ -54,6 +54,21 @@ class ModelSpec:
     """(rows, columns) of visual tokens; default: the smallest square grid of at least `visual_tokens`."""
     vocab: int | None = None
     """Text vocabulary (embedding and LM-head rows); default: the tiny tokenizer's ~1.3k. Qwen2.5's is 151,936."""
+    vision_intermediate: int | None = None
+    """Vision MLP width; default 2.5 x the vision width."""
+    tied: bool = False
+    """Input embeddings and LM head share one matrix (Qwen2.5-VL-3B)."""
+    dtype: str = "float32"
+    attn: str = "sdpa"
+    """The decoder's attention implementation (the vision tower follows transformers' default for it)."""
+    images: int = 1
+    """Images in the prompt, each of `grid` / `visual_tokens` visual tokens."""
+    shape: str | None = None
+    """The published shape this spec was built from (benchmarks.shapes), if any."""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
 
 def closest_grid(visual_tokens: int) -> tuple[int, int]:
@@ -79,8 +94,9 @@ def _full_attention_blocks(depth: int) -> list[int]:
     return [i for i in range(depth) if i % 8 == 7] or [depth - 1]
 
 
-def _build_base(spec: ModelSpec, processor):
-    """A random Qwen2.5-VL of the given shape (identical for identical specs)."""
+def base_config_kwargs(spec: ModelSpec) -> dict:
+    """The text / vision config entries of the benchmark's Qwen2.5-VL, beside the widths and depths
+    `build_tiny_model` takes (`text_layers`, `text_hidden`)."""
     if spec.hidden % spec.heads or spec.heads % spec.kv_heads:
         raise ValueError(f"hidden {spec.hidden} / heads {spec.heads} / kv heads {spec.kv_heads} do not divide.")
     head_dim = spec.hidden // spec.heads
@@ -88,16 +104,21 @@ def _build_base(spec: ModelSpec, processor):
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
         intermediate_size=spec.intermediate,
-        max_position_embeddings=32768,
+        max_position_embeddings=128000,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _mrope_section(head_dim)},
     )
     vision_config = dict(
         depth=spec.vision_layers,
         hidden_size=spec.vision_hidden,
         num_heads=spec.vision_heads,
-        intermediate_size=spec.vision_hidden * 5 // 2,
+        intermediate_size=spec.vision_intermediate or spec.vision_hidden * 5 // 2,
         fullatt_block_indexes=_full_attention_blocks(spec.vision_layers),
     )
+    return dict(text_config=text_config, vision_config=vision_config, tie_word_embeddings=spec.tied)
+
+
+def _build_base(spec: ModelSpec, processor, device: torch.device):
+    """A random Qwen2.5-VL of the given shape (identical for identical specs), created on `device` in its dtype."""
     return build_tiny_model(
         "qwen2_5_vl",
         seed=spec.seed,
@@ -105,8 +126,10 @@ def _build_base(spec: ModelSpec, processor):
         text_layers=spec.layers,
         text_hidden=spec.hidden,
         tokenizer=processor,
-        text_config=text_config,
-        vision_config=vision_config,
+        attn_implementation=spec.attn,
+        device=device,
+        dtype=spec.torch_dtype,
+        **base_config_kwargs(spec),
     )
 
 
@@ -115,7 +138,7 @@ def build_arm(spec: ModelSpec, processor, device: torch.device, arm: str, pruned
     model; given the pruned model, it holds the very same base tensors (no copy)."""
     if arm not in ARMS:
         raise ValueError(f"Unknown arm {arm!r}; choose one of {ARMS}.")
-    model = _build_base(spec, processor)
+    model = _build_base(spec, processor, device)
     if arm == "pruned":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
@@ -128,17 +151,21 @@ def build_arm(spec: ModelSpec, processor, device: torch.device, arm: str, pruned
 
 
 def build_inputs(spec: ModelSpec, device: torch.device):
-    """(processor, inputs): one image of `spec.grid` visual tokens (default: a square of at least `visual_tokens`)
-    and a short question."""
+    """(processor, inputs): `spec.images` images of `spec.grid` visual tokens each (default: a square of at least
+    `visual_tokens`) and a short question; pixel values in the model's dtype."""
     side = math.ceil(math.sqrt(spec.visual_tokens))  # visual tokens per side; 28 px each
     rows, cols = spec.grid or (side, side)
     pixels = rows * cols * PIXELS_PER_TOKEN
     processor = build_tiny_processor("qwen2_5_vl", min_pixels=min(pixels, 4 * PIXELS_PER_TOKEN), max_pixels=pixels)
     g = torch.Generator().manual_seed(spec.seed)
-    array = torch.randint(0, 256, (rows * 28, cols * 28, 3), generator=g, dtype=torch.uint8).numpy()
-    content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
+    images = [
+        Image.fromarray(torch.randint(0, 256, (rows * 28, cols * 28, 3), generator=g, dtype=torch.uint8).numpy())
+        for _ in range(spec.images)
+    ]
+    content = [*({"type": "image"} for _ in images), {"type": "text", "text": QUESTION}]
     text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = processor(text=[text], images=[Image.fromarray(array)], return_tensors="pt")
+    inputs = processor(text=[text], images=images, return_tensors="pt")
+    inputs["pixel_values"] = inputs["pixel_values"].to(spec.torch_dtype)
     return processor, {k: v.to(device) for k, v in inputs.items()}
 
 
@@ -159,6 +186,31 @@ def _now() -> Timing:
     return Timing(time.perf_counter(), time.process_time())
 
 
+class CallTimer:
+    """Times one call: CUDA events around it on a GPU (device time of the stream, after a synchronisation), else
+    the wall clock; the CPU seconds of this process either way."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._events[0].record()
+        self._start = _now()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self._events[1].record()
+            torch.cuda.synchronize()
+        end = _now()
+        self.elapsed = _since(self._start, end)
+        if self.cuda:
+            self.elapsed.wall = self._events[0].elapsed_time(self._events[1]) / 1000.0
+
+
 def _since(start: Timing, end: Timing, steps: int = 1) -> Timing:
     return Timing((end.wall - start.wall) / steps, (end.cpu - start.cpu) / steps)
 
@@ -169,13 +221,9 @@ def time_prefill(model, inputs: dict) -> tuple[Timing, int, object]:
 
     logits_to_keep=1: the LM head runs on the last position only, as in generation, in both arms.
     """
-    device = inputs["input_ids"].device
-    sync(device)
-    start = _now()
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
-    sync(device)
-    elapsed = _since(start, _now())
-    return elapsed, out.cache.get_seq_length(), getattr(out, "glimpse", None)
+    with CallTimer(inputs["input_ids"].device) as timer:
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+    return timer.elapsed, out.cache.get_seq_length(), getattr(out, "glimpse", None)
 
 
 def generate(model, inputs: dict, new_tokens: int, clock: StoppingCriteria | None = None):

@@ -33,7 +33,7 @@ import statistics
 import torch
 
 from glimpserl.benchmarks import flops
-from glimpserl.benchmarks.arguments import add_model_arguments
+from glimpserl.benchmarks.arguments import add_model_arguments, shape_values
 from glimpserl.benchmarks.measure import (
     ARMS,
     ModelSpec,
@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_model_arguments(p)
     p.add_argument("--visual-tokens", type=int, default=2048, help="At least this many visual tokens (square image).")
+    p.add_argument("--images", type=int, default=1, help="Images in the prompt, each of --visual-tokens tokens.")
     p.add_argument("--keep-ratio", type=float, default=0.1, help="Fraction of visual tokens kept by the glimpse.")
     p.add_argument("--new-tokens", type=int, default=32, help="Tokens generated to time decoding (>= 2).")
     p.add_argument("--repeats", type=int, default=3, help="Measured repeats per arm (the median is reported).")
@@ -65,28 +66,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available.")
-    if args.new_tokens < 2 or args.repeats < 1 or not 0.0 < args.keep_ratio <= 1.0:
-        p.error("--new-tokens must be >= 2, --repeats >= 1 and --keep-ratio in (0, 1].")
+    if args.new_tokens < 2 or args.repeats < 1 or not 0.0 < args.keep_ratio <= 1.0 or args.images < 1:
+        p.error("--new-tokens must be >= 2, --repeats >= 1, --images >= 1 and --keep-ratio in (0, 1].")
+    try:
+        shape_values(args)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
 def spec_from_args(args: argparse.Namespace, visual_tokens: int | None = None) -> ModelSpec:
-    """The ModelSpec of the parsed flags; visual_tokens overrides args.visual_tokens."""
+    """The ModelSpec of the parsed flags (a --shape preset, or the CPU shape with the given flags); visual_tokens
+    overrides args.visual_tokens."""
+    shape = shape_values(args)
+    layers, hidden = shape["layers"], shape["hidden"]
     return ModelSpec(
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        kv_heads=args.kv_heads,
-        intermediate=args.intermediate or round(5.375 * args.hidden / 64) * 64,
-        layer_k=args.layer_k
-        if args.layer_k is not None
-        else min(round(DEFAULT_LAYER_FRACTION * args.layers), args.layers - 2),
-        vision_hidden=args.vision_hidden,
-        vision_layers=args.vision_layers,
-        vision_heads=args.vision_heads,
+        hidden=hidden,
+        layers=layers,
+        heads=shape["heads"],
+        kv_heads=shape["kv_heads"],
+        intermediate=shape["intermediate"] or round(5.375 * hidden / 64) * 64,
+        layer_k=shape["layer_k"]
+        if shape["layer_k"] is not None
+        else min(round(DEFAULT_LAYER_FRACTION * layers), layers - 2),
+        vision_hidden=shape["vision_hidden"],
+        vision_layers=shape["vision_layers"],
+        vision_heads=shape["vision_heads"],
+        vision_intermediate=shape["vision_intermediate"] or shape["vision_hidden"] * 5 // 2,
         visual_tokens=args.visual_tokens if visual_tokens is None else visual_tokens,
         keep_ratio=args.keep_ratio,
         seed=args.seed,
+        vocab=shape["vocab"],
+        tied=shape["tied"],
+        dtype=args.dtype,
+        attn=args.attn,
+        images=getattr(args, "images", 1),
+        shape=args.shape,
     )
 
 
@@ -120,6 +135,7 @@ def token_counts(models: dict, inputs: dict) -> dict:
     prompt = inputs["input_ids"].shape[1]
     visual, kept = int(result.num_visual[0]), int(result.num_kept[0])
     counts = {"prompt": prompt, "visual": visual, "text": prompt - visual, "kept": kept}
+    counts["kept_per_image"] = [image["kept_tokens"] for image in result.stats()[0]["images"]]
     if kv_pruned != counts["text"] + kept or kv_unpruned != prompt:
         raise AssertionError(f"KV lengths after prefill: pruned {kv_pruned}, unpruned {kv_unpruned}; for {counts}.")
     return {**counts, "kv_length": {"unpruned": kv_unpruned, "pruned": kv_pruned}}
@@ -129,7 +145,8 @@ def analytic_flops(pruned_model, inputs: dict, counts: dict, layer: int) -> dict
     text, vision, vip = flops.shapes_from_model(pruned_model)
     grid = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
     unpruned = flops.prefill_flops(text, vision, vip, grid, counts["text"])
-    pruned = flops.prefill_flops(text, vision, vip, grid, counts["text"], kept=[counts["kept"]], layer=layer)
+    kept = [int(k) for k in counts["kept_per_image"]]
+    pruned = flops.prefill_flops(text, vision, vip, grid, counts["text"], kept=kept, layer=layer)
     simple = flops.simple_bound(layer, text.layers, counts["text"] + counts["kept"], counts["prompt"])
     return {
         "unpruned": unpruned.to_dict(),

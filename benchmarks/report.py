@@ -12,17 +12,24 @@ def _fastest(unpruned: dict, pruned: dict, key: str) -> float:
     return pruned[key]["min"] / unpruned[key]["min"]
 
 
+def model_name(model: dict) -> str:
+    """ "the qwen2_5_vl_7b shape (random weights)" for a published shape, else "Qwen2.5-VL-shaped"."""
+    shape = model.get("shape")
+    return f"the {shape} shape (random weights)" if shape else "Qwen2.5-VL-shaped"
+
+
 def markdown_report(results: dict) -> str:
     """Markdown: model shape, the metric table, the analytic breakdown and the bounds."""
     m, t, f = results["model"], results["tokens"], results["flops"]
     u, p = results["unpruned"], results["pruned"]
     lines = [
-        f"Model: Qwen2.5-VL-shaped, text hidden {m['hidden']}, {m['layers']} layers, {m['heads']} heads / "
+        f"Model: {model_name(m)}, text hidden {m['hidden']}, {m['layers']} layers, {m['heads']} heads / "
         f"{m['kv_heads']} KV heads, MLP {m['intermediate']}; vision {m['vision_layers']} blocks x {m['vision_hidden']}; "
-        f"glimpse K = {m['layer_k']}. Device {results['device']}, {results['threads']} threads; times are medians of "
-        f"{results['repeats']} (wall clock, and CPU time of the process).",
-        f"Tokens: prompt {t['prompt']} = text {t['text']} + visual {t['visual']}; kept {t['kept']} visual "
-        f"(keep ratio {m['keep_ratio']}).",
+        f"glimpse K = {m['layer_k']}; {m.get('dtype', 'float32')}, {m.get('attn', 'sdpa')} attention. Device "
+        f"{results['device']}, {results['threads']} threads; times are medians of {results['repeats']} (GPU: CUDA "
+        "events; CPU: wall clock, and CPU time of the process).",
+        f"Tokens: prompt {t['prompt']} = text {t['text']} + visual {t['visual']} ({m.get('images', 1)} image(s)); kept "
+        f"{t['kept']} visual (keep ratio {m['keep_ratio']}).",
         "",
         "| metric | unpruned | pruned | ratio |",
         "|---|---|---|---|",

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from glimpserl.benchmarks import flops
-from glimpserl.benchmarks.arguments import add_bench_arguments
+from glimpserl.benchmarks.arguments import add_bench_arguments, shape_values
 from glimpserl.benchmarks.measure import (
     ModelSpec,
     build_arm,
@@ -45,6 +45,7 @@ from glimpserl.benchmarks.measure import (
     time_prefill,
 )
 from glimpserl.benchmarks.prefill_decode import TIME_KEYS, measure_times, spec_from_args
+from glimpserl.benchmarks.report import model_name
 from glimpserl.models.baselines import TrainingFreePruner, usable_selectors
 
 REFERENCE = "unpruned"
@@ -89,6 +90,9 @@ def check_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
         raise ValueError(f"--new-tokens must be >= 2 and --repeats >= 1, got {args.new_tokens} and {args.repeats}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available.")
+    if args.images < 1:
+        raise ValueError(f"--images must be >= 1, got {args.images}.")
+    shape_values(args)  # a flag beside --shape that it sets is an error
     return sizes, pruners
 
 
@@ -121,7 +125,8 @@ def analytic_flops(pruned_model, inputs: dict, counts: dict, layer: int, pruners
     grid = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
     per_arm = {REFERENCE: flops.prefill_flops(text, vision, vip, grid, counts["text"]).to_dict()}
     for name in pruners:
-        count = flops.prefill_flops(text, vision, vip, grid, counts["text"], [counts["kept"]], layer, pruner=name)
+        per_image = [counts["kept"] // len(grid)] * len(grid)  # every image has the same size and budget
+        count = flops.prefill_flops(text, vision, vip, grid, counts["text"], per_image, layer, pruner=name)
         per_arm[name] = count.to_dict()
     simple = flops.simple_bound(layer, text.layers, counts["text"] + counts["kept"], counts["prompt"])
     return {"arms": per_arm, "simple_bound": simple}
@@ -164,8 +169,10 @@ def measure_size(args: argparse.Namespace, spec: ModelSpec, pruners: list[str], 
     models = {REFERENCE: build_arm(spec, processor, device, REFERENCE, pruned=pruned)}
     models.update({name: pruned for name in pruners})
     visual = int((inputs["input_ids"] == pruned.config.image_token_id).sum())
-    kept = max(1, int(spec.keep_ratio * visual))  # GlimpseConfig's cap: max(min_keep, int(max_keep_ratio * n))
-    kwargs = arm_kwargs(pruners, kept)
+    # GlimpseConfig's cap, per image: max(min_keep, int(max_keep_ratio * n)); every image has the same n here.
+    kept_per_image = max(1, int(spec.keep_ratio * visual // spec.images))
+    kept = kept_per_image * spec.images
+    kwargs = arm_kwargs(pruners, kept_per_image)
     counts = token_counts(models, inputs, kwargs, kept)
     times = measure_times(models, inputs, args.new_tokens, args.repeats, kwargs)
     memory = None if args.no_memory else measure_memory(spec, models, inputs, kwargs, args.new_tokens, args.threads)
@@ -174,7 +181,10 @@ def measure_size(args: argparse.Namespace, spec: ModelSpec, pruners: list[str], 
     for result in arms.values():
         result["ratios"] = _ratios(result, arms[REFERENCE])
     tokens = {k: v for k, v in counts.items() if k != "kv_length"}
-    return {"requested": spec.visual_tokens, "grid": list(spec.grid), **tokens, **analytic, "arms": arms}
+    return {
+        "requested": spec.visual_tokens, "grid": list(spec.grid), "images": spec.images, **tokens, **analytic,
+        "arms": arms,
+    }  # fmt: skip
 
 
 def run(args: argparse.Namespace, on_size: Callable[[dict], None] | None = None) -> dict:
@@ -238,11 +248,13 @@ def markdown_table(results: dict) -> str:
     """The table: one row per (size, arm), each cost with its ratio to unpruned in parentheses."""
     m = results["model"]
     lines = [
-        f"Qwen2.5-VL-shaped model: text hidden {m['hidden']}, {m['layers']} layers, {m['heads']} heads / "
+        f"Model: {model_name(m)}: text hidden {m['hidden']}, {m['layers']} layers, {m['heads']} heads / "
         f"{m['kv_heads']} KV heads, MLP {m['intermediate']}; vision {m['vision_layers']} blocks x "
-        f"{m['vision_hidden']}; pruning after layer K = {m['layer_k']}. Device {results['device']}, "
-        f"{results['threads']} threads; wall-clock medians of {results['repeats']} interleaved repeats; decode over "
-        f"{results['new_tokens']} new tokens; every pruner keeps int({results['keep_ratio']} * visual) tokens.",
+        f"{m['vision_hidden']}; pruning after layer K = {m['layer_k']}; {m.get('dtype', 'float32')}, "
+        f"{m.get('attn', 'sdpa')} attention; {m.get('images', 1)} image(s) per prompt. Device {results['device']}, "
+        f"{results['threads']} threads; medians of {results['repeats']} interleaved repeats (GPU: CUDA events); decode "
+        f"over {results['new_tokens']} new tokens; every pruner keeps int({results['keep_ratio']} * visual) tokens "
+        "per image.",
         "",
         "| visual tokens | arm | kept | KV length | prefill s | prefill ratio, fastest | FLOPs bound "
         "| decode ms/token | decode ratio, fastest | peak MB |",
@@ -323,13 +335,16 @@ def _plotted(value, key: str) -> float | None:
     return value["median"]
 
 
-def write_outputs(results: dict, out_dir: str | Path) -> dict[str, Path]:
+def write_outputs(results: dict, out_dir: str | Path, png: bool = True) -> dict[str, Path]:
+    """scaling.json and scaling.md, and scaling.png unless `png` is False (no matplotlib needed then)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "scaling.json", "markdown": out / "scaling.md", "png": out / "scaling.png"}
+    paths = {"json": out / "scaling.json", "markdown": out / "scaling.md"}
     paths["json"].write_text(json.dumps(results, indent=2))
     paths["markdown"].write_text(markdown_table(results) + "\n")
-    plot(results, paths["png"])
+    if png:
+        paths["png"] = out / "scaling.png"
+        plot(results, paths["png"])
     return paths
 
 
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
-    results = run(args, on_size=lambda partial: write_outputs(partial, args.out_dir))
+    results = run(args, on_size=lambda partial: write_outputs(partial, args.out_dir, png=not args.no_plot))
     print(markdown_table(results))
     return results
 

@@ -27,7 +27,7 @@ import time
 import datasets
 import torch
 
-from glimpserl.benchmarks.arguments import add_model_arguments
+from glimpserl.benchmarks.arguments import add_model_arguments, shape_values
 from glimpserl.benchmarks.measure import PIXELS_PER_TOKEN, build_arm, sync
 from glimpserl.benchmarks.prefill_decode import spec_from_args
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
     torch.set_num_threads(args.threads)
-    spec = dataclasses.replace(spec_from_args(args), vocab=args.vocab)
+    spec = spec_from_args(args)
     side = math.ceil(math.sqrt(args.visual_tokens))  # visual tokens per image side, 28 px each
     pixels = side * side * PIXELS_PER_TOKEN
     processor = build_tiny_processor("qwen2_5_vl", min_pixels=pixels, max_pixels=pixels)
@@ -117,14 +117,17 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_arguments(parser)
-    parser.add_argument("--vocab", type=int, default=QWEN_VOCAB, help="Text vocabulary (Qwen2.5's by default).")
+    add_model_arguments(parser, vocab=QWEN_VOCAB)
     parser.add_argument("--visual-tokens", type=int, default=1024, help="At least this many visual tokens per image.")
     parser.add_argument("--batch", type=int, default=4, help="Samples per batch.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed repetitions per arm (median reported).")
     parser.add_argument("--json", default=None, help="Also write the result to this JSON file.")
     parser.set_defaults(keep_ratio=1.0)  # the model spec's; stage 1 learns the mask, it keeps no fixed share
     args = parser.parse_args(argv)
+    try:
+        shape_values(args)
+    except ValueError as err:
+        parser.error(str(err))
     result = run(args)
     print("| arm | seconds |\n| --- | --- |")
     print(f"| plain forward + backward | {result['plain_fwd_bwd_s']:.3f} |")

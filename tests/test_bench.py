@@ -29,7 +29,7 @@ def test_bench_smoke_writes_every_arm_and_size(tmp_path, capsys):
     assert "| 144 | glimpse |" in capsys.readouterr().out
     saved = json.loads((out / "scaling.json").read_text())
     table = (out / "scaling.md").read_text()
-    assert table.startswith("Qwen2.5-VL-shaped model") and "Prefill ratio / FLOPs bound per arm" in table
+    assert table.startswith("Model: Qwen2.5-VL-shaped:") and "Prefill ratio / FLOPs bound per arm" in table
     with Image.open(out / "scaling.png") as png:
         assert png.format == "PNG" and png.size[0] > 500
     assert saved["arms"] == ["unpruned", "glimpse", "random"]

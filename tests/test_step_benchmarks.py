@@ -16,7 +16,7 @@ TINY += ["--visual-tokens", "64", "--vocab", "2048", "--threads", "1"]
 @pytest.mark.slow
 def test_grpo_step_benchmark_reports_every_arm_with_its_split_and_memory(tmp_path):
     out = tmp_path / "grpo.json"
-    grpo_step.main([*TINY, "--steps", "2", "--rounds", "1", "--json", str(out)])
+    grpo_step.main([*TINY, "--completion-tokens", "16", "--steps", "2", "--rounds", "1", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["visual_tokens_per_image"] == 64 and saved["model"]["vocab"] == 2048
     arms = saved["arms"]
@@ -32,6 +32,10 @@ def test_grpo_step_benchmark_reports_every_arm_with_its_split_and_memory(tmp_pat
     for arm in ("pruned", "keep_all", "sample"):
         assert {"step", "peak_memory", "generation", "log_probs", "backward"} <= set(saved["ratios"][arm])
     assert saved["ratios"]["sample_over_pruned"] > 0
+    bounds = saved["bounds"]  # 64 visual tokens, keep 10% = 6, 16 completion tokens, K = 2 of 4 layers
+    assert 0 < bounds["generation_kv"] < 1 and bounds["log_probs"] == pytest.approx(
+        0.75 + 0.25 * bounds["generation_kv"]
+    )
 
 
 @pytest.mark.slow

@@ -306,6 +306,8 @@ def build_tiny_model(
     text_hidden: int = 128,
     attn_implementation: str = "sdpa",
     tokenizer=None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
     **overrides,
 ) -> Qwen2_5_VLForConditionalGeneration | Qwen2VLForConditionalGeneration:
     """A random-init fp32 Qwen2-VL / Qwen2.5-VL (~1M params at the defaults), identical for identical arguments.
@@ -314,12 +316,13 @@ def build_tiny_model(
     processor). Without one, a `vocab_size` that holds Qwen's real ids (> 151656) selects the real Qwen ids (use
     with `build_real_qwen_processor`), anything else the tiny tokenizer's; `vocab_size` defaults to the tokenizer's
     length. `overrides` go to the top-level config; `text_config={...}` / `vision_config={...}` update the
-    sub-configs (e.g. `tie_word_embeddings=True`, `text_config={"intermediate_size": 512}`).
+    sub-configs (e.g. `tie_word_embeddings=True`, `text_config={"intermediate_size": 512}`). `device` / `dtype`: where
+    and in what precision the weights are created (a published shape is built on its GPU directly).
     """
     _check_family(family)
     ids, vocab_size = token_ids(tokenizer, vocab_size, build_real_qwen_processor)
     config = _tiny_config(family, ids, vocab_size, text_layers, text_hidden, dict(overrides))
-    return build_from_config(FAMILIES[family][1], config, ids, seed, attn_implementation)
+    return build_from_config(FAMILIES[family][1], config, ids, seed, attn_implementation, device, dtype)
 
 
 def token_ids(tokenizer, vocab_size: int | None, real_processor) -> tuple[dict[str, int], int]:
@@ -336,13 +339,21 @@ def token_ids(tokenizer, vocab_size: int | None, real_processor) -> tuple[dict[s
     return ids, vocab_size
 
 
-def build_from_config(model_cls, config, ids: dict[str, int], seed: int, attn_implementation: str):
-    """`model_cls(config)` in fp32 and eval mode, its weights drawn from `seed` on a private RNG stream (the same seed
-    gives the same weights without disturbing the caller's torch RNG), with Qwen's generation ids."""
+def build_from_config(
+    model_cls, config, ids: dict[str, int], seed: int, attn_implementation: str, device=None, dtype=torch.float32
+):
+    """`model_cls(config)` in eval mode, created on `device` (default CPU) in `dtype`, its weights drawn from `seed` on
+    a private RNG stream (the same seed gives the same weights without disturbing the caller's CPU RNG), with Qwen's
+    generation ids."""
     config._attn_implementation = attn_implementation
-    with torch.random.fork_rng(devices=[]):
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
         torch.manual_seed(seed)
-        model = model_cls(config).to(torch.float32)
+        torch.set_default_dtype(dtype)
+        try:
+            model = model_cls(config)  # buffers computed in fp32 (rotary frequencies) stay so, as from_pretrained's
+        finally:
+            torch.set_default_dtype(previous)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],

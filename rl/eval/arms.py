@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
+from ...models.clock import StepClock
 from ..data.conversation import image_token_id
 from .report import arm_summary
 from .settings import DOWNSAMPLE, GLIMPSE, UNPRUNED, parse_pruner_spec
@@ -50,24 +50,6 @@ def pruner_setup(name: str, keep_ratio: float | None, seed: int) -> PrunerSetup:
     selector, layer = parse_pruner_spec(name)
     pruner = TrainingFreePruner.build(selector, keep_ratio=keep_ratio, seed=seed, layer=layer)
     return PrunerSetup(name, {"glimpse_pruner": pruner}, keep_ratio)
-
-
-class StepClock(StoppingCriteria):
-    """Stamps a clock after every generated token (the prefill's included); never stops generation.
-
-    `now` is the clock (benchmarks pass one that also reads CPU time). A CUDA device is synchronised first, so a
-    stamp comes after the step's kernels.
-    """
-
-    def __init__(self, now: Callable[[], object] = time.perf_counter) -> None:
-        self.now = now
-        self.stamps: list = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        if input_ids.is_cuda:
-            torch.cuda.synchronize(input_ids.device)
-        self.stamps.append(self.now())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def encode(processor, rows: list[dict], shrink: float | None = None) -> dict:
