@@ -27,7 +27,12 @@ def _add_visualize(subparsers) -> None:
         "visual tokens dropped after layer K are dimmed. With no arguments it uses the built-in tiny model and a "
         "built-in synthetic image (an untrained VIP unless --glimpse is given).",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help="Base model: a folder, hub id or builtin:...")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"Base model: a folder, hub id or builtin:... Default: the base model of the --glimpse run (its run card), "
+        f"else {DEFAULT_MODEL}.",
+    )
     p.add_argument("--glimpse", default=None, help="Folder with trained glimpse weights (from training or export).")
     p.add_argument("--image", default=None, help="Image file. Default: a built-in synthetic image.")
     p.add_argument("--question", default=None, help="Question about the image. Default: the built-in one.")
@@ -55,8 +60,9 @@ def _run_visualize(args) -> int:
         question = args.question or "Describe the image."
     if args.glimpse:
         check_glimpse_checkpoint(args.glimpse)  # before the model loads
-    processor = load_processor(args.model, max_pixels=args.max_pixels)
-    model = load_model(args.model, dtype=args.dtype)
+    base = args.model or _run_model(args.glimpse) or DEFAULT_MODEL
+    processor = load_processor(base, max_pixels=args.max_pixels)
+    model = load_model(base, dtype=args.dtype)
     if args.glimpse:
         load_glimpse(model, args.glimpse)
     else:
@@ -84,6 +90,14 @@ def _run_visualize(args) -> int:
     render_keep_mask(image, keep, caption).save(out_path)
     print(json.dumps({"question": question, "answer": answer, **stats, "png": str(out_path)}, indent=2))
     return 0
+
+
+def _run_model(glimpse: str | None) -> str | None:
+    """The base model a glimpse was trained on, from its run's card (None without a card)."""
+    from .rl.runs.card import read_run_card
+
+    card = read_run_card(glimpse) if glimpse else None
+    return card.get("model_name_or_path") if card else None
 
 
 def _read_image(path: str):

@@ -152,17 +152,8 @@ def test_every_stage_export_eval_and_visualize_through_the_cli(synth, tmp_path, 
     assert rows["none"]["visual_tokens"] == 16 and rows["none"]["keep_ratio"] == 1.0
 
     png = tmp_path / "vis.png"
-    argv = [
-        "visualize",
-        "--model",
-        MODEL,
-        "--glimpse",
-        str(tmp_path / "vip"),
-        "--out",
-        str(png),
-        "--max-new-tokens",
-        "2",
-    ]
+    # No --model: visualize takes the glimpse run's base model (tiny Qwen3-VL) from its run card.
+    argv = ["visualize", "--glimpse", str(tmp_path / "vip"), "--out", str(png), "--max-new-tokens", "2"]
     assert main([*argv, "--max-keep-ratio", "0.25"]) == 0
     stdout = capsys.readouterr().out
     report = json.loads(stdout[stdout.index("{") :])
