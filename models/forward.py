@@ -108,6 +108,7 @@ class _Pass:
 
 def _add_residual(h: torch.Tensor, rows: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """h with residual[rows[b, c]] added at every column whose row is >= 0 (out of place, as autograd needs)."""
+    rows = rows.to(h.device)  # a model split over devices: the rows follow the hidden states
     b, c = (rows >= 0).nonzero(as_tuple=True)
     return h.index_put((b, c), h[b, c] + residual[rows[b, c]].to(device=h.device, dtype=h.dtype))
 
