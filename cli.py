@@ -11,7 +11,7 @@ from pathlib import Path
 from .rl.config.names import DEFAULT_MODEL, DTYPES
 
 DEFAULT_QUESTION_SEED = 0
-SYNTH_TASKS = ("glimpse", "shapes")
+SYNTH_TASKS = ("glimpse", "shapes", "places")
 """The tasks of `glimpserl data synth --task` (glimpserl.rl.data.synth.writer.TASKS; a test keeps the two equal)."""
 
 
@@ -152,8 +152,9 @@ SYNTH_HELP = "Write a synthetic VQA set (images + train/[val/]test JSONL with an
 SYNTH_DESCRIPTION = (
     "Images whose answer lives in a small region, with the question, the exact answer and the region's box "
     "(train.jsonl, [val.jsonl,] test.jsonl, images/, dataset.json). Task glimpse: a coloured shape, a digit or a word "
-    "among distractors; task shapes: the one coloured object among grey ones, its colour or shape asked. "
-    "Deterministic by seed."
+    "among distractors; task shapes: the one coloured object among grey ones, its colour or shape asked; task "
+    "places: a 3 x 3 board of equally salient objects, the question naming one by its place (numbered 1-9) or asking "
+    "the colour most of them have. Deterministic by seed."
 )
 
 
@@ -168,8 +169,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--task",
         default="glimpse",
         choices=SYNTH_TASKS,
-        help="glimpse: one target among distractors (colour / digit / word questions); shapes: find one object "
-        "among several equally salient ones (the built-in mini model's task). Default: glimpse.",
+        help="glimpse: one target among distractors (colour / digit / word questions); shapes: the one coloured "
+        "object among grey ones (builtin:mini-qwen2_5_vl's task); places: the question chooses the object by its "
+        "place, or asks about all of them (images 288 px). Default: glimpse.",
     )
     parser.add_argument(
         "--image-size", default="448", help="Image size: 448 for square or WIDTHxHEIGHT like 640x480 (default: 448)."
@@ -179,7 +181,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--curriculum",
         type=int,
         default=0,
-        help="shapes task: the first N train rows hold fewer objects, rising from one (default: 0, off).",
+        help="shapes and places tasks: the first N train rows are easier (shapes: fewer objects, rising from one; "
+        "places: fewer filled places, rising from two) (default: 0, off).",
     )
     parser.add_argument("--overwrite", action="store_true", help="Replace an earlier synth set in --out.")
     return parser

@@ -2,10 +2,12 @@
 `builtin:NAME`), with a card that records how it was made and how well it answers held-out questions.
 
     python scripts/ship.py outputs/mini-sft --name mini-qwen2_5_vl --recipe recipes/mini/sft.yaml
+    python scripts/ship.py outputs/mini-places-sft --name mini-qwen3_vl --recipe recipes/mini_places/sft.yaml
 
 Copies the weights, model config and processor files (nothing else: no optimizer state, no checkpoints) and writes
 `card.json`: the recipe and its launch command, seeds, training steps and time, and the run's held-out exact match
-(overall and per question kind) beside the question-only prior. The folder is staged and published the way
+(overall and per question kind) beside the question-only prior (and, for the places task, the random-object
+prior). The folder is staged and published the way
 `glimpserl export` publishes (a kill midway leaves the previous folder in place). A maintainer's tool: nothing in the
 package imports it; tests/test_ship.py runs it.
 """
@@ -43,6 +45,7 @@ def ship(run_dir: str | Path, name: str, recipe: str, assets: Path = ASSETS) -> 
     if card.get("stage") != "sft":
         raise ValueError(f"{run} is a {card.get('stage')!r} run; only sft runs (a whole model) ship as a checkpoint.")
     held_out = results["eval"]
+    data = Path(card["data"]["dataset"]).parent
     missing = [file for file in FILES if not (run / file).is_file()]
     if missing:
         raise FileNotFoundError(f"{run} lacks {', '.join(missing)}: ship the folder a finished sft run wrote.")
@@ -52,7 +55,8 @@ def ship(run_dir: str | Path, name: str, recipe: str, assets: Path = ASSETS) -> 
         for file in FILES:
             shutil.copy2(run / file, staging / file)
         _without_call_state(staging / "tokenizer.json")
-        (staging / "card.json").write_text(json.dumps(_card(name, recipe, card, results, held_out), indent=2) + "\n")
+        record = _card(name, recipe, card, results, held_out) | _task_priors(data)
+        (staging / "card.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
@@ -76,6 +80,23 @@ def _card(name: str, recipe: str, card: dict, results: dict, held_out: dict) -> 
             "question_only_prior_by_kind": held_out["question_only_prior_by_kind"],
         },
     }
+
+
+def _task_priors(data: Path) -> dict:
+    """The places task's random-object prior on the held-out split (the score of reading some object, not the one
+    asked about), regenerated from the set's dataset.json; {} for other sets."""
+    described = data / "dataset.json"
+    if not described.is_file():
+        return {}
+    info = json.loads(described.read_text())
+    if info.get("task") != "places":
+        return {}
+    from glimpserl.rl.data.synth.places import make_places_sample, random_object_prior
+
+    size = (info["image_size"]["width"], info["image_size"]["height"])
+    samples = (make_places_sample(info["seed"], "test", i, size) for i in range(info["counts"]["test"]))
+    prior = random_object_prior(samples)
+    return {"random_object_prior": prior["exact_match"], "random_object_prior_by_kind": prior["by_kind"]}
 
 
 def _without_call_state(path: Path) -> None:

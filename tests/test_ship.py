@@ -62,3 +62,25 @@ def test_ship_refuses_what_is_not_a_finished_sft_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
         ship.ship(run, "mini", "recipes/mini/sft.yaml", assets=tmp_path / "assets")
     assert not (tmp_path / "assets" / "mini").exists()
+
+
+def test_ship_records_the_random_object_prior_of_a_places_run(tmp_path):
+    """On the places task the card also records what reading a random object of the board is worth (the prior a
+    model that does not follow the question's place would reach), from the run's own held-out split."""
+    from glimpserl.rl.data.synth.places import make_places_sample, random_object_prior
+    from glimpserl.rl.data.synth.writer import write_synth
+
+    ship = _ship_module()
+    data = write_synth(tmp_path / "places", 3, 6, 288, seed=4, task="places")
+    run = _sft_run(tmp_path / "run", ship)
+    card = json.loads((run / "glimpserl_run.json").read_text())
+    card["data"]["dataset"] = str(data / "train.jsonl")
+    (run / "glimpserl_run.json").write_text(json.dumps(card))
+    out = ship.ship(run, "mini", "recipes/mini/sft.yaml", assets=tmp_path / "assets")
+    shipped = json.loads((out / "card.json").read_text())
+    expected = random_object_prior(make_places_sample(4, "test", i, 288) for i in range(6))
+    assert shipped["random_object_prior"] == pytest.approx(expected["exact_match"])
+    assert set(shipped["random_object_prior_by_kind"]) == {"colour", "shape", "majority"}
+    assert "random_object_prior" not in json.loads(
+        (ship.ship(_sft_run(tmp_path / "r2", ship), "m2", "x", assets=tmp_path / "a2") / "card.json").read_text()
+    )

@@ -172,8 +172,84 @@ def test_shapes_task_through_the_cli_with_a_validation_split(tmp_path, capsys):
     assert card["curriculum_rows"] == 4 and card["name"] == "glimpserl-shapes"
     assert {row["kind"] for row in _rows(out / "val.jsonl")} <= {"colour", "shape"}
     assert "4 train + 2 val + 2 test shapes samples" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="curriculum is a feature of the shapes task"):
+    with pytest.raises(ValueError, match="curriculum is a feature of the shapes and places tasks"):
         write_synth(tmp_path / "bad", 2, 2, 112, 0, task="glimpse", curriculum=2)
+
+
+# ---------------------------------------------------------------- the places task (builtin:places)
+@pytest.mark.parametrize("index", range(9))
+def test_places_question_names_the_object_by_place_and_every_object_looks_alike(index):
+    from glimpserl.rl.data.synth.places import CELLS, GRID, KINDS, PALETTE, PLACE, SHAPES, TOKEN, make_places_sample
+
+    sample = make_places_sample(seed=3, split="test", index=index)
+    assert sample.image.size == (GRID * PLACE * TOKEN,) * 2 and len(sample.objects) == GRID * GRID
+    assert sample.kind == KINDS[index % 3]
+    assert all(o.colour in PALETTE and o.shape in SHAPES for o in sample.objects)
+    pixels = np.asarray(sample.image, dtype=np.int32)
+    for obj in sample.objects:  # each object sits inside its own place, on CELLS x CELLS whole tokens, ink visible
+        x0, y0, x1, y1 = obj.box
+        assert x0 // TOKEN == (x1 - 1) // TOKEN - CELLS + 1 and y0 // TOKEN == (y1 - 1) // TOKEN - CELLS + 1
+        assert x0 // (PLACE * TOKEN) == (x1 - 1) // (PLACE * TOKEN)
+        assert (np.abs(pixels[y0:y1, x0:x1] - np.array(COLOURS[obj.colour])).max(-1) == 0).any()
+    places = {(o.box[1] // (PLACE * TOKEN), o.box[0] // (PLACE * TOKEN)) for o in sample.objects}
+    assert places == {(r, c) for r in range(GRID) for c in range(GRID)}
+    colours = [o.colour for o in sample.objects]
+    if sample.kind == "majority":
+        assert sample.question == "What colour are most of the objects?"
+        assert colours.count(sample.answer) > len(colours) / 2
+        assert sample.boxes == [list(o.box) for o in sample.objects]
+    else:
+        target = sample.target
+        row, col = target.box[1] // (PLACE * TOKEN), target.box[0] // (PLACE * TOKEN)
+        assert sample.question == f"What {sample.kind} is the object in place {row * GRID + col + 1}?"
+        assert sample.answer == (target.colour if sample.kind == "colour" else target.shape)
+        assert sample.boxes == [list(target.box)]
+
+
+def test_places_no_object_stands_out_the_asked_one_is_any_of_them():
+    """Over many rows the asked object's place is spread over the whole board, and its colour is no rarer or commoner
+    than the others' (what a pruner that keeps the odd one out would exploit)."""
+    from collections import Counter
+
+    from glimpserl.rl.data.synth.places import PLACE, TOKEN, make_places_sample
+
+    asked, same_colour = Counter(), []
+    for index in range(0, 600, 3):  # colour questions
+        sample = make_places_sample(0, "train", index)
+        asked[(sample.target.box[1] // (PLACE * TOKEN), sample.target.box[0] // (PLACE * TOKEN))] += 1
+        same_colour.append(sum(o.colour == sample.target.colour for o in sample.objects[1:]) / 8)
+    assert len(asked) == 9 and min(asked.values()) >= 10
+    assert 0.15 <= sum(same_colour) / len(same_colour) <= 0.35  # about 1 in 4 others share its colour
+
+
+def test_places_curriculum_fills_more_places_on_the_train_split_only_and_bad_sizes_are_refused():
+    from glimpserl.rl.data.synth.places import PLACE, TOKEN, filled_places, make_places_sample
+
+    assert filled_places("train", 0, 700) == 2 and filled_places("train", 350, 700) == 5
+    assert filled_places("train", 700, 700) == 9 == filled_places("test", 0, 700)
+    for index in range(0, 700, 70):  # a question only ever names a filled place
+        sample = make_places_sample(0, "train", index, curriculum=700)
+        assert len(sample.objects) == filled_places("train", index, 700) and sample.image.size == (288, 288)
+        if sample.kind != "majority":
+            number = int(sample.question.rstrip("?").split()[-1])
+            row, col = sample.target.box[1] // (PLACE * TOKEN), sample.target.box[0] // (PLACE * TOKEN)
+            assert number == row * 3 + col + 1
+    assert len(make_places_sample(0, "val", 0, curriculum=700).objects) == 9
+    with pytest.raises(ValueError, match="multiple of 96 px"):
+        make_places_sample(0, "test", 0, image_size=336)
+    with pytest.raises(ValueError, match="square image"):
+        make_places_sample(0, "test", 0, image_size=(288, 192))
+
+
+def test_places_task_through_the_cli_writes_every_region_a_majority_answer_needs(tmp_path):
+    out = tmp_path / "places"
+    argv = ["--out", str(out), "--task", "places", "--n-train", "3", "--n-val", "3", "--n-test", "3"]
+    assert synth_main([*argv, "--image-size", "288"]) == 0
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["task"] == "places" and card["name"] == "glimpserl-places"
+    rows = _rows(out / "test.jsonl")
+    assert [row["kind"] for row in rows] == ["colour", "shape", "majority"]
+    assert [len(row["boxes"]) for row in rows] == [1, 1, 9]
 
 
 def test_builtin_data_follows_synth_seed_not_the_training_seed(tmp_path, monkeypatch):
@@ -197,3 +273,19 @@ def test_builtin_data_follows_synth_seed_not_the_training_seed(tmp_path, monkeyp
     # A bare builtin name in `glimpserl eval` means the recipes' default set, not a seed of its own.
     default = builtin_split("builtin:synth", "test").parent
     assert json.loads((default / "dataset.json").read_text())["seed"] == SynthArguments().synth_seed == 0
+
+
+def test_random_object_prior_by_hand():
+    from glimpserl.rl.data.synth.drawing import SynthObject, SynthSample
+    from glimpserl.rl.data.synth.places import random_object_prior
+
+    def sample(kind, answer, objects):
+        objects = tuple(SynthObject(shape, colour, (0, 0, 1, 1)) for shape, colour in objects)
+        return SynthSample(None, "q", answer, kind, objects[0], objects)
+
+    board = [("circle", "red"), ("circle", "blue"), ("square", "red"), ("cross", "red")]
+    prior = random_object_prior(
+        [sample("colour", "blue", board), sample("shape", "circle", board), sample("majority", "red", board)]
+    )
+    assert prior["by_kind"] == {"colour": 0.25, "majority": 0.75, "shape": 0.5}
+    assert prior["exact_match"] == pytest.approx(0.5)

@@ -1,5 +1,5 @@
-"""The built-in data sets (`dataset: builtin:synth` / `builtin:shapes`): their names, their splits and their
-settings (`writer.builtin_split` turns a name into files).
+"""The built-in data sets (`dataset: builtin:synth` / `builtin:shapes` / `builtin:places`): their names, their splits
+and their settings (`writer.builtin_split` turns a name into files).
 
 Light on purpose (standard library only at import): recipe and eval settings name these sets before anything heavy
 is imported.
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BUILTIN_SETS = {"builtin:synth": "glimpse", "builtin:shapes": "shapes"}
+BUILTIN_SETS = {"builtin:synth": "glimpse", "builtin:shapes": "shapes", "builtin:places": "places"}
 """Built-in data set name -> synthetic task (see `writer.TASKS`)."""
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class SynthArguments:
-    """The built-in synthetic sets (`dataset: builtin:synth` or `builtin:shapes`): sizes and their own seed."""
+    """The built-in synthetic sets (`dataset: builtin:synth`, `builtin:shapes` or `builtin:places`): sizes and their
+    own seed."""
 
     synth_train: int = field(default=200, metadata={"help": "Rows of the built-in synthetic train split."})
     synth_val: int = field(
@@ -33,9 +34,9 @@ class SynthArguments:
     synth_curriculum: int = field(
         default=0,
         metadata={
-            "help": "builtin:shapes only: the first N train rows hold fewer objects, rising from one to the full "
-            "count (for training a model from scratch; read the rows in order with train_sampling_strategy: "
-            "sequential). 0 = off."
+            "help": "builtin:shapes and builtin:places: the first N train rows are easier (shapes: fewer objects, "
+            "rising from one to the full count; places: fewer filled places, rising from two to nine), for "
+            "training a model from scratch; read the rows in order with train_sampling_strategy: sequential. 0 = off."
         },
     )
 

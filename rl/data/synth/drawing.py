@@ -45,6 +45,12 @@ class SynthSample:
     kind: str
     target: SynthObject
     objects: tuple[SynthObject, ...]  # the target first, then the distractors actually placed
+    regions: tuple[SynthObject, ...] = ()  # the objects the answer needs, when not just the target
+
+    @property
+    def boxes(self) -> list[list[int]]:
+        """The boxes of the regions the answer needs (the target's alone by default)."""
+        return [list(obj.box) for obj in (self.regions or (self.target,))]
 
 
 def font_path() -> Path:

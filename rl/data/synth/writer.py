@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import glimpse, shapes
+from . import glimpse, places, shapes
 from .builtin import BUILTIN_SETS, SynthArguments, check_split
 from .drawing import font_path, parse_image_size
 
@@ -35,9 +35,11 @@ class Task:
 TASKS = {
     "glimpse": Task(glimpse.make_sample, glimpse.KINDS, 1),
     "shapes": Task(shapes.make_shapes_sample, shapes.KINDS, 2, curriculum=True),
+    "places": Task(places.make_places_sample, places.KINDS, 1, curriculum=True),
 }
 """glimpse: one target among distractors (colour / digit / word questions); shapes: the built-in mini model's task
-(find the one coloured object among grey ones, then read it)."""
+(find the one coloured object among grey ones, then read it); places: the question names the object by its place
+on a board of equally salient objects, or asks about all of them."""
 
 
 def get_task(name: str) -> Task:
@@ -61,7 +63,7 @@ def _write_split(
                 "image": rel,
                 "question": sample.question,
                 "answer": sample.answer,
-                "boxes": [list(sample.target.box)],
+                "boxes": sample.boxes,
                 "kind": sample.kind,
             }
             f.write(json.dumps(row) + "\n")
@@ -85,7 +87,8 @@ def write_synth(
         raise ValueError(f"n_train, n_val and n_test must be >= 0, got {n_train}, {n_val} and {n_test}")
     kind_names = get_task(task).kinds
     if curriculum and not get_task(task).curriculum:
-        raise ValueError(f"curriculum is a feature of the shapes task, not of {task!r}.")
+        with_curriculum = [name for name, t in TASKS.items() if t.curriculum]
+        raise ValueError(f"curriculum is a feature of the {' and '.join(with_curriculum)} tasks, not of {task!r}.")
     size = parse_image_size(image_size)
     out_dir = Path(out_dir)
     ours = [out_dir / name for name in ("images", "train.jsonl", "val.jsonl", "test.jsonl", "dataset.json")]
@@ -116,7 +119,7 @@ def write_synth(
             "image": "path relative to this folder",
             "question": "str",
             "answer": "str, one word",
-            "boxes": "list of [x0, y0, x1, y1] around the target",
+            "boxes": "list of [x0, y0, x1, y1] around the regions the answer needs",
             "kind": f"question kind, one of {list(kind_names)}",
         },
         "box_format": "xyxy_pixel",
