@@ -25,6 +25,9 @@ def test_sparsity_target_and_penalty():
     # Per-sample means over visual tokens: 0.5 and 0.2.
     assert losses.sparsity_loss(keep, visual, "penalty", 0.0).item() == pytest.approx(0.35)
     assert losses.sparsity_loss(keep, visual, "target", 0.3).item() == pytest.approx((0.2**2 + 0.1**2) / 2)
+    # The batch's mean (0.35) alone is pulled to the target: samples may keep different shares.
+    assert losses.sparsity_loss(keep, visual, "batch_target", 0.3).item() == pytest.approx(0.05**2)
+    assert losses.sparsity_loss(keep, visual, "batch_target", 0.35).item() == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="sparsity mode"):
         losses.sparsity_loss(keep, visual, "l1", 0.3)
 

@@ -126,9 +126,13 @@ class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, Sched
     (AdamW lr 1e-4 on the glimpse + VIP only, cosine, 10% warm-up, 1 epoch)."""
 
     kl_weight: float = field(default=1.0, metadata={"help": "Weight of KL(unpruned teacher || pruned student)."})
-    sparsity: Literal["target", "penalty"] = field(
+    sparsity: Literal["target", "batch_target", "penalty"] = field(
         default="target",
-        metadata={"help": "target: (mean keep prob - target_keep_ratio)^2; penalty: mean keep prob."},
+        metadata={
+            "help": "target: (each sample's mean keep prob - target_keep_ratio)^2, the same budget for every sample; "
+            "batch_target: (the batch's mean keep prob - target_keep_ratio)^2, a budget shared by the batch, so a "
+            "question that needs more of the image may keep more than one that needs less; penalty: mean keep prob."
+        },
     )
     target_keep_ratio: float = field(default=0.2, metadata={"help": "Keep ratio the target sparsity pulls to."})
     sparsity_weight: float = field(default=1.0, metadata={"help": "Weight of the sparsity term."})

@@ -94,20 +94,23 @@ def answer_nll(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 def sparsity_loss(
-    keep_prob: torch.Tensor, visual: torch.Tensor, mode: Literal["target", "penalty"], target: float
+    keep_prob: torch.Tensor, visual: torch.Tensor, mode: Literal["target", "batch_target", "penalty"], target: float
 ) -> torch.Tensor:
     """Pressure on the mean keep probability of each sample's visual tokens, averaged over the batch.
 
-    target: (mean - target)^2 pulls the keep ratio to `target` from either side;
+    target: (mean - target)^2 per sample pulls every sample's keep ratio to `target` from either side;
+    batch_target: (batch mean - target)^2 pulls only the batch's average there (samples may differ);
     penalty: the mean itself (scaled by its weight outside), pushing towards dropping.
     keep_prob, visual: [batch, seq].
     """
     per_sample = (keep_prob * visual).sum(1) / visual.sum(1).clamp(min=1)
     if mode == "target":
         return ((per_sample - target) ** 2).mean()
+    if mode == "batch_target":
+        return (per_sample.mean() - target) ** 2
     if mode == "penalty":
         return per_sample.mean()
-    raise ValueError(f"sparsity mode must be 'target' or 'penalty', got {mode!r}.")
+    raise ValueError(f"sparsity mode must be 'target', 'batch_target' or 'penalty', got {mode!r}.")
 
 
 def box_targets(boxes: list[list[float]], image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
