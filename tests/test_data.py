@@ -277,6 +277,15 @@ def test_to_conversation_matches_trl(folder):
 
     lazy = conversation_dataset(dataset, DataConfig(dataset=config.dataset))
     assert [m["role"] for m in lazy[0]["prompt"]] == ["user"] and len(lazy[1:3]["images"]) == 2
+    # image_position: after puts the question first, so that the visual tokens follow it.
+    after = to_conversation(dataset[2], DataConfig(dataset=config.dataset, image_position="after"))
+    assert after["prompt"][0]["content"] == [
+        {"type": "text", "text": "How many?\nAnswer with a single word or phrase."},
+        {"type": "image"},
+        {"type": "image"},
+    ]
+    with pytest.raises(ValueError, match="image_position"):
+        DataConfig(dataset=config.dataset, image_position="middle")
 
 
 @pytest.fixture(scope="module")

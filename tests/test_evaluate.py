@@ -180,7 +180,12 @@ def test_eval_asks_its_questions_the_way_the_run_trained(synth, glimpse_dir, tmp
     card = {
         "stage": "vip",
         "model_name_or_path": "builtin:tiny-qwen2_5_vl",
-        "data": {"question_template": "Q: {question} A:", "system_prompt": "Be brief.", "max_pixels": 12544},
+        "data": {
+            "question_template": "Q: {question} A:",
+            "system_prompt": "Be brief.",
+            "max_pixels": 12544,
+            "image_position": "after",
+        },
         "eval_dataset": str(synth),
     }
     (run / RUN_CARD).write_text(json.dumps(card))
@@ -194,9 +199,8 @@ def test_eval_asks_its_questions_the_way_the_run_trained(synth, glimpse_dir, tmp
     samples, _ = load_samples(settings, build_reward("exact_match"))
     messages = samples[0]["prompt"]
     assert messages[0]["content"][0]["text"] == "Be brief."
-    assert messages[-1]["content"][-1]["text"].startswith("Q: ") and messages[-1]["content"][-1]["text"].endswith(
-        " A:"
-    )
+    assert messages[-1]["content"][0]["text"].startswith("Q: ") and messages[-1]["content"][0]["text"].endswith(" A:")
+    assert messages[-1]["content"][-1] == {"type": "image"}  # the run asked with the question before the image
     override = resolve_settings(
         EvalSettings(glimpse=str(run), pruners="glimpse", question_template="{question}?", max_pixels=3136)
     )

@@ -23,12 +23,14 @@ def load_rgb(path: str, row: Any = None) -> Image.Image:
 def to_conversation(row: dict[str, Any], config: DataConfig) -> dict[str, Any]:
     """One canonical row -> the conversational sample TRL's GRPOTrainer/SFTTrainer take for a VLM.
 
-    `prompt` holds one {"type": "image"} placeholder per image before the question; TRL fills them from `images`.
+    `prompt` holds one {"type": "image"} placeholder per image, before the question (after it with
+    `image_position: after`); TRL fills them from `images`.
     Every other column (answer, boxes, question, source_row, extras) passes through for rewards and losses.
     """
     images = [load_rgb(path, row.get("source_row")) for path in row["image"]]
-    user = [{"type": "image"} for _ in images]
-    user.append({"type": "text", "text": config.question_text(row["question"])})
+    placeholders = [{"type": "image"} for _ in images]
+    text = [{"type": "text", "text": config.question_text(row["question"])}]
+    user = placeholders + text if config.images_first else text + placeholders
     prompt = [{"role": "user", "content": user}]
     if config.system_prompt:
         prompt.insert(0, {"role": "system", "content": [{"type": "text", "text": config.system_prompt}]})

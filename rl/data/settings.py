@@ -56,6 +56,13 @@ class PromptArguments:
         default=None,
         metadata={"help": "System message text; None leaves it to the chat template's default (eval: the run's)."},
     )
+    image_position: Literal["before", "after"] | None = field(
+        default=None,
+        metadata={
+            "help": "Where the image(s) sit in the user turn: before the question (None: the default) or after it, "
+            "so that the visual tokens follow the question (eval: the run's)."
+        },
+    )
     min_pixels: int | None = field(
         default=None,
         metadata={"help": "Smallest image area (pixels) the image processor resizes to. Default: the processor's."},
@@ -72,6 +79,11 @@ class PromptArguments:
     def template(self) -> str:
         """The question template in effect (the default when none is set)."""
         return DEFAULT_QUESTION_TEMPLATE if self.question_template is None else self.question_template
+
+    @property
+    def images_first(self) -> bool:
+        """The image(s) come before the question in the user turn (the default)."""
+        return self.image_position != "after"
 
     def question_text(self, question: str) -> str:
         return self.template.format(question=question)
@@ -135,6 +147,8 @@ class DataConfig(SourceArguments, PromptArguments):
         self.boxes_column = self.boxes_column or None
         _check_choice("box_format", self.box_format, ("xyxy_pixel", "xyxy_norm"))
         _check_choice("on_bad_row", self.on_bad_row, ("error", "skip"))
+        if self.image_position is not None:
+            _check_choice("image_position", self.image_position, ("before", "after"))
         fields = [name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None]
         if fields != ["question"]:
             raise ValueError(

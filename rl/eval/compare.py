@@ -219,6 +219,7 @@ def load_samples(settings: EvalSettings, reward):
         answer_column=settings.answer_column,
         max_samples=settings.max_samples,
         system_prompt=settings.system_prompt,
+        image_position=settings.image_position,
         **prompt,
         extra_columns=[c for c in columns if c != "answer"] + ([GROUP_COLUMN] * (GROUP_COLUMN in table.columns)),
     )
