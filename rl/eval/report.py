@@ -5,6 +5,7 @@ One result per pruner (the `results` list of the JSON report):
     target_keep_ratio    float  the keep ratio the pruner was asked for (null: glimpse and none decide themselves)
     metric               float  mean metric over the rows the metric applies to (null if none)
     metric_by_group      dict   the metric per value of the rows' group column (e.g. question kind); {} if none
+    keep_ratio_by_group  dict   the mean keep ratio per value of the group column (a dynamic budget shows here)
     scored               int    rows the metric applies to (a reward's None = not applicable)
     keep_ratio           float  mean kept / visual tokens per row (downsample: its visual tokens / the original's)
     kept_tokens          float  mean kept visual tokens per row
@@ -49,6 +50,7 @@ def arm_summary(name: str, target: float | None, records: list[dict], timings: l
         "target_keep_ratio": target,
         "metric": _mean(scores),
         "metric_by_group": by_group,
+        "keep_ratio_by_group": {g: _mean([r["keep_ratio"] for r in records if r.get("group") == g]) for g in groups},
         "scored": len(scores),
         **{key: _mean([r[key] for r in records]) for key in ("keep_ratio", "kept_tokens", "visual_tokens")},
         "kv_length": _mean([r["kv_length"] for r in records]),
@@ -67,7 +69,8 @@ def _cell(value, fmt: str) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """Pruners as rows: the metric, keep ratio, kept tokens, KV length, prefill and decode time, box recall."""
+    """Pruners as rows: the metric, keep ratio, kept tokens, KV length, prefill and decode time, box recall; then per
+    question kind (when the rows carry one) the metric and the keep ratio."""
     settings = report["settings"]
     ratio = report["baseline_keep_ratio"]
     if ratio is None:
@@ -76,7 +79,13 @@ def markdown_table(report: dict) -> str:
         how = f"baselines matched to the glimpse's mean keep ratio {ratio:.3f}"
     else:
         how = f"baselines at the fixed keep ratio {ratio:.3f}"
-    header = ["pruner", settings["metric"], *(title for _, title, _ in COLUMNS)]
+    groups = list(report["results"][0]["metric_by_group"]) if report["results"] else []
+    header = [
+        "pruner",
+        settings["metric"],
+        *(title for _, title, _ in COLUMNS),
+        *(f"{g}: metric / keep" for g in groups),
+    ]
     lines = [
         f"{report['dataset']['rows']} rows of {report['dataset']['source']}; {how}; "
         f"times per batch of {settings['batch_size']}.",
@@ -87,6 +96,9 @@ def markdown_table(report: dict) -> str:
     for result in report["results"]:
         cells = [result["pruner"], _cell(result["metric"], "{:.3f}")]
         cells += [_cell(result[key], fmt) for key, _, fmt in COLUMNS]
+        for g in groups:
+            metric, keep = result["metric_by_group"].get(g), result.get("keep_ratio_by_group", {}).get(g)
+            cells.append(f"{_cell(metric, '{:.3f}')} / {_cell(keep, '{:.3f}')}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
