@@ -1,23 +1,31 @@
-"""Does pruning keep the answers? GlimpsePrune against every baseline on a model that knows its task.
+"""Does pruning keep the answers? GlimpsePrune against every baseline on models that know their task.
 
-The built-in mini model (builtin:mini-qwen2_5_vl) answers the built-in shapes task: the colour or shape of the one
-coloured object among 2-5 grey ones on a 336 px canvas (144 visual tokens); the answer lives in the 4 tokens (2.8%)
-under that object. This command reruns the method on it and writes one table:
+The tasks (`TASKS`), each with its shipped mini model:
 
-1. stage 1, box-supervised (recipes/mini/vip.yaml) and KL-only (the same recipe with --box_weight 0), each
+- shapes (builtin:mini-qwen2_5_vl, recipes/mini): the colour or shape of the one coloured object among 2-5 grey ones
+  on a 336 px canvas (144 visual tokens); the answer lives in the 4 tokens (2.8%) under that object. The image says
+  where to look.
+
+For each task this command reruns the method on its model and writes one table:
+
+1. stage 1, box-supervised (RECIPES/vip.yaml) and KL-only (the same recipe with --box_weight 0), each
    calibrating its deployment threshold on the validation split to the recipe's keep ratio; and KL-only with the
    straight-through gradient taken through the additive bias (--relaxation straight_through_bias), for contrast;
-2. stage 2, GlimpsePrune+ (recipes/mini/grpo.yaml, starting from the box-supervised glimpse);
+2. stage 2, GlimpsePrune+ (RECIPES/grpo.yaml, starting from the box-supervised glimpse);
 3. every arm on the test split: unpruned; GlimpsePrune at its deployment threshold and at other operating points
    (thresholds calibrated on the validation split to other keep ratios); KL-only GlimpsePrune; GlimpsePrune+;
    (a) every training-free pruner at the glimpse's layer K and at its keep ratio and two others; (b) each at its
    native operating point (G-Prune, DivPrune, CDPruner before the language model, FastV after layer 0,
-   downsampling on smaller images).
+   downsampling on smaller images);
+4. the K sweep: stage 1 and GlimpsePrune+ retrained with the glimpse at every layer K the task lists, beside the
+   (K+1)/L bound of the decoder's prefill work (how early can it cut?).
 
-Columns: exact match (overall and per question kind), keep ratio, kept tokens, prefill time per batch and its ratio
-to unpruned (measured in the same run). Writes fidelity.json, fidelity.md and fidelity.png into --out-dir.
+Columns: exact match and keep ratio (overall and per question kind), kept tokens, box recall, prefill time per batch
+and its ratio to unpruned (measured in the same run). Writes fidelity.json, fidelity.md and fidelity.png into
+--out-dir.
 
-    python -m glimpserl.benchmarks.fidelity                      # the full reproduction (CPU: see the README)
+    python -m glimpserl.benchmarks.fidelity                      # every task, the full reproduction (see the README)
+    python -m glimpserl.benchmarks.fidelity --task shapes        # one task
     python -m glimpserl.benchmarks.fidelity --quick              # wiring only: a few steps, a few rows
 """
 
@@ -34,19 +42,29 @@ from pathlib import Path
 
 import torch
 
-from glimpserl.benchmarks.fidelity_report import markdown_table, plot, summary_lines
+from glimpserl.benchmarks.fidelity_report import markdown_report, plot, summary_lines
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "mini"
-MODEL = "builtin:mini-qwen2_5_vl"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task of the reproduction: its recipes (vip.yaml, grpo.yaml) and the layers K of the sweep (empty = none)."""
+
+    recipes: Path
+    layers: tuple[int, ...] = ()
+
+
+TASKS = {"shapes": TaskSpec(RECIPES / "mini", layers=(0, 1, 2))}
 OTHER_RATIOS = (0.25, 0.5)
 """Keep ratios of the baselines besides the glimpse's own."""
 GLIMPSE_POINTS = (0.3, 0.5, 2.0, 4.0)
 """Other glimpse operating points, as multiples of the deployment keep ratio (calibrated on the validation split)."""
 SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
 NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
+"""Where each training-free method prunes in its own publication: before the LLM, or FastV after an early layer."""
 BIAS_ONLY = ["--box_weight", "0", "--relaxation", "straight_through_bias"]
 QUICK_DATA = ["--synth_train", "64", "--synth_val", "32", "--synth_test", "32"]
-"""Where each training-free method prunes in its own publication: before the LLM, or FastV after an early layer."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--work-dir", default="outputs/fidelity", help="Training runs and logs go here.")
+    p.add_argument("--task", choices=(*TASKS, "all"), default="all", help="Which task to reproduce.")
+    p.add_argument(
+        "--work-dir", default="outputs/fidelity", help="Training runs and logs go here (one folder a task)."
+    )
     p.add_argument("--out-dir", default="benchmarks/results", help="fidelity.{json,md,png} go here.")
     p.add_argument("--eval-rows", type=int, default=None, help="Test rows per arm (default: the whole test split).")
     p.add_argument("--batch-size", type=int, default=32, help="Rows per generate call (prefill is timed per batch).")
@@ -64,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="Wiring check: 2 training steps per stage, 16 test rows, no plot of record (CI).",
+        help="Wiring check: 2 training steps per stage, 16 test rows, one K of the sweep, no plot of record (CI).",
     )
     return p.parse_args(argv)
 
@@ -162,12 +183,13 @@ class Evaluator:
         row.update(label=label, family=family, layer=layer, threshold=threshold)
         row.pop("per_sample")
         self.results.append(row)
-        print(f"  {label:<28} exact match {row['metric']:.3f}  keep {row['keep_ratio']:.3f}", flush=True)
+        kinds = "  ".join(f"{g} {v:.3f}" for g, v in row["metric_by_group"].items())
+        print(f"  {label:<40} exact match {row['metric']:.3f}  keep {row['keep_ratio']:.3f}  {kinds}", flush=True)
         return row
 
 
-def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
-    """Every arm of the table on the test split; returns (rows, run summary)."""
+def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], dict]:
+    """Every arm of the task's table on its test split; returns (rows, run summary)."""
     from glimpserl.models import glimpse_module
     from glimpserl.rl.eval.arms import PrunerSetup, pruner_setup
     from glimpserl.rl.eval.compare import load_eval_model
@@ -180,8 +202,9 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
     val = validation_samples(box, deploy, args.batch_size)
     model, processor = load_eval_model(settings)
     k = glimpse_module(model).config.layer
-    summary = {"layer": k, "deploy": deploy, "test_rows": len(evaluator.samples), "val_rows": len(val)}
-    summary["question_only_prior"] = _prior(box, evaluator.samples)
+    layers = getattr(model.config, "text_config", model.config).num_hidden_layers
+    summary = {"layer": k, "num_layers": layers, "deploy": deploy, "test_rows": len(evaluator.samples)}
+    summary.update(val_rows=len(val), question_only_prior=_prior(box, evaluator.samples))
 
     evaluator.run(model, processor, PrunerSetup("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
     glimpse = evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune", "glimpse", str(k))
@@ -199,22 +222,49 @@ def evaluate(work: Path, runs: dict, args) -> tuple[list[dict], dict]:
             if name in NATIVE:
                 spec = f"{name}@{NATIVE[name]}"
                 evaluator.run(model, processor, pruner_setup(spec, keep, seed=0), spec, name, NATIVE[name])
-
     model, processor = load_eval_model(_settings(kl, "test", args.eval_rows, args.batch_size))
     evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
     model, processor = load_eval_model(_settings(work / "vip-kl-bias", "test", args.eval_rows, args.batch_size))
     label = "GlimpsePrune (KL only, gradient through the additive bias)"
     evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-kl-bias", str(k))
-    from glimpserl.rl.eval.compare import resolve_settings
-    from glimpserl.rl.eval.settings import EvalSettings
-
-    plus_settings = resolve_settings(EvalSettings(run_dir=str(plus), pruners="glimpse", batch_size=args.batch_size))
-    model, processor = load_eval_model(plus_settings)
+    model, processor = load_eval_model(_run_settings(plus, args.batch_size, args.eval_rows))
     evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
+    for layer in sweep_layers(task, k, args.quick):
+        stage1, stage2 = (box, plus) if layer == k else (work / f"vip-box-k{layer}", work / f"grpo-k{layer}")
+        model, processor = load_eval_model(_settings(stage1, "test", args.eval_rows, args.batch_size))
+        label = f"GlimpsePrune, K = {layer}"
+        evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-k", str(layer))
+        model, processor = load_eval_model(_run_settings(stage2, args.batch_size, args.eval_rows))
+        evaluator.run(
+            model, processor, PrunerSetup("glimpse"), f"GlimpsePrune+, K = {layer}", "glimpse-plus-k", str(layer)
+        )
     reference = evaluator.results[0]["prefill_ms"]
     for row in evaluator.results:
         row["prefill_ratio"] = row["prefill_ms"] / reference
+        if row["family"] in ("glimpse-k", "glimpse-plus-k"):
+            row["prefill_bound"] = (int(row["layer"]) + 1) / layers
     return evaluator.results, summary
+
+
+def _run_settings(run: Path, batch_size: int, rows: int | None):
+    from glimpserl.rl.eval.compare import resolve_settings
+    from glimpserl.rl.eval.settings import EvalSettings
+
+    return resolve_settings(EvalSettings(run_dir=str(run), pruners="glimpse", batch_size=batch_size, max_samples=rows))
+
+
+def recipe_layer(recipe: Path) -> int:
+    """The glimpse layer K a stage-1 recipe sets."""
+    import yaml
+
+    return int(yaml.safe_load(recipe.read_text())["glimpse_layer"])
+
+
+def sweep_layers(task: TaskSpec, k: int, quick: bool) -> tuple[int, ...]:
+    """The layers of the K sweep (the quick run: the deployed K and the earliest other one)."""
+    if quick and task.layers:
+        return tuple(sorted({k, min(task.layers)}))
+    return task.layers
 
 
 def portable(report: dict, work: Path) -> dict:
@@ -227,41 +277,64 @@ def portable(report: dict, work: Path) -> dict:
     return json.loads(text)
 
 
+def reproduce(name: str, task: TaskSpec, work: Path, args) -> dict:
+    """Train the task's stages (and the K sweep), evaluate every arm; the task's report."""
+    started = time.perf_counter()
+    vip, grpo = task.recipes / "vip.yaml", task.recipes / "grpo.yaml"
+    runs = {
+        "vip-box": train("vip-box", vip, work, [], args.quick, args.reuse),
+        "vip-kl": train("vip-kl", vip, work, ["--box_weight", "0"], args.quick, args.reuse),
+        # The estimator that gives a dropped token no gradient (docs/method.md section 2.1), for contrast.
+        "vip-kl-bias": train("vip-kl-bias", vip, work, BIAS_ONLY, args.quick, args.reuse),
+    }
+    runs["grpo"] = train("grpo", grpo, work, ["--glimpse_init", str(work / "vip-box")], args.quick, args.reuse)
+    k = recipe_layer(vip)
+    for layer in sweep_layers(task, k, args.quick):
+        if layer != k:
+            stage1 = f"vip-box-k{layer}"
+            runs[stage1] = train(stage1, vip, work, ["--glimpse_layer", str(layer)], args.quick, args.reuse)
+            init = ["--glimpse_init", str(work / stage1)]
+            runs[f"grpo-k{layer}"] = train(f"grpo-k{layer}", grpo, work, init, args.quick, args.reuse)
+    rows, summary = evaluate(task, work, runs, args)
+    return {
+        "task": name,
+        "wall_seconds": time.perf_counter() - started,
+        "training": {run: {key: v for key, v in result.items() if key != "eval"} for run, result in runs.items()},
+        "stage1_eval": {run: result.get("eval") for run, result in runs.items() if run.startswith("vip")},
+        **summary,
+        "rows": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    work, out_dir = Path(args.work_dir), Path(args.out_dir)
-    started = time.perf_counter()
-    runs = {
-        "vip-box": train("vip-box", RECIPES / "vip.yaml", work, [], args.quick, args.reuse),
-        "vip-kl": train("vip-kl", RECIPES / "vip.yaml", work, ["--box_weight", "0"], args.quick, args.reuse),
-        # The estimator that gives a dropped token no gradient (docs/method.md section 2.1), for contrast.
-        "vip-kl-bias": train("vip-kl-bias", RECIPES / "vip.yaml", work, BIAS_ONLY, args.quick, args.reuse),
-    }
-    plus = ["--glimpse_init", str(work / "vip-box")]
-    runs["grpo"] = train("grpo", RECIPES / "grpo.yaml", work, plus, args.quick, args.reuse)
     if args.quick and args.eval_rows is None:
         args.eval_rows = 16
-    rows, summary = evaluate(work, runs, args)
+    work, out_dir = Path(args.work_dir), Path(args.out_dir)
+    started = time.perf_counter()
+    names = list(TASKS) if args.task == "all" else [args.task]
+    tasks = {name: portable(reproduce(name, TASKS[name], work / name, args), work / name) for name in names}
     report = {
         "command": "python -m glimpserl.benchmarks.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": torch.get_num_threads(),
         "wall_seconds": time.perf_counter() - started,
-        "training": {name: {k: v for k, v in run.items() if k != "eval"} for name, run in runs.items()},
-        "stage1_eval": {name: runs[name].get("eval") for name in ("vip-box", "vip-kl", "vip-kl-bias")},
-        **summary,
-        "rows": rows,
+        "tasks": tasks,
     }
-    report = portable(report, work)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "fidelity-quick" if args.quick else "fidelity"
+    if args.task != "all":
+        stem += f"-{args.task}"
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown_table(report)
+    table = markdown_report(report)
     (out_dir / f"{stem}.md").write_text(table + "\n")
     plot(report, out_dir / f"{stem}.png")
     print(table)
-    print("\n".join(summary_lines(report)))
+    for name, task in tasks.items():
+        print(f"--- {name}")
+        print("\n".join(summary_lines(task)))
+    print(f"wall time of the whole reproduction: {report['wall_seconds'] / 60:.1f} min")
     return 0
 
 

@@ -1,31 +1,46 @@
-"""The table, plot and summary of `benchmarks.fidelity` (one row per arm, see its docstring)."""
+"""The tables, plot and summary of `benchmarks.fidelity` (per task one row per arm, see its docstring)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-GROUPS = ("colour", "shape")
+
+def _groups(rows: list[dict]) -> list[str]:
+    """The question kinds of the task, in the order the unpruned row lists them."""
+    return list(rows[0]["metric_by_group"])
+
+
+def markdown_report(report: dict) -> str:
+    """One section a task."""
+    sections = [f"{report['threads']} threads; {report['command']}"]
+    for name, task in report["tasks"].items():
+        sections += [f"## Task {name}", markdown_table(task, report["threads"])]
+    return "\n\n".join(sections)
 
 
 def _cell(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def markdown_table(report: dict) -> str:
+def markdown_table(report: dict, threads: int) -> str:
     rows = report["rows"]
     unpruned = rows[0]
+    groups = _groups(rows)
     lines = [
-        f"Test split: {report['test_rows']} rows; glimpse layer K = {report['layer']}; thresholds calibrated on the "
-        f"validation split ({report['val_rows']} rows). {report['threads']} threads; prefill = mean time to the first "
-        "token per batch, ratio to unpruned in the same run.",
+        f"Test split: {report['test_rows']} rows; glimpse layer K = {report['layer']} of {report['num_layers']}; "
+        f"thresholds calibrated on the validation split ({report['val_rows']} rows). {threads} threads; prefill = "
+        "mean time to the first token per batch, ratio to unpruned in the same run. Per kind: exact match / keep ratio.",
         "",
         "| arm | cut after layer | target keep | keep ratio | kept tokens | exact match | "
-        + " | ".join(GROUPS)
-        + " | prefill ms | prefill ratio |",
-        "|---|---|---:|---:|---:|---:|" + "---:|" * len(GROUPS) + "---:|---:|",
+        + " | ".join(groups)
+        + " | box recall | prefill ms | prefill ratio |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(groups) + "---:|---:|---:|",
     ]
     for row in rows:
-        groups = [_cell(row["metric_by_group"].get(g), "{:.3f}") for g in GROUPS]
+        by_kind = [
+            f"{_cell(row['metric_by_group'].get(g), '{:.3f}')} / {_cell(row['keep_ratio_by_group'].get(g), '{:.3f}')}"
+            for g in groups
+        ]
         cells = [
             row["label"],
             row["layer"],
@@ -33,7 +48,8 @@ def markdown_table(report: dict) -> str:
             _cell(row["keep_ratio"], "{:.3f}"),
             _cell(row["kept_tokens"], "{:.1f}"),
             _cell(row["metric"], "{:.3f}"),
-            *groups,
+            *by_kind,
+            _cell(row["box_recall"], "{:.3f}"),
             _cell(row["prefill_ms"], "{:.1f}"),
             _cell(row["prefill_ratio"], "{:.3f}"),
         ]
@@ -70,22 +86,48 @@ def summary_lines(report: dict) -> list[str]:
     for label in ("GlimpsePrune (KL only)", "GlimpsePrune+"):
         row = _pick(rows, label)
         if row is not None:
-            lines.append(f"{label}: exact match {row['metric']:.3f} keeping {row['keep_ratio']:.3f}")
-    lines.append(f"wall time of the whole reproduction: {report['wall_seconds'] / 60:.1f} min")
+            lines.append(
+                f"{label}: exact match {row['metric']:.3f} keeping {row['keep_ratio']:.3f}, box recall "
+                f"{_cell(row['box_recall'], '{:.3f}')} (box-supervised: {_cell(glimpse['box_recall'], '{:.3f}')})"
+            )
+    sweep = [r for r in rows if r["family"] in ("glimpse-k", "glimpse-plus-k")]
+    for row in sweep:
+        lines.append(
+            f"{row['label']}: exact match {row['metric']:.3f} keeping {row['keep_ratio']:.3f}; prefill bound of the "
+            f"decoder (K+1)/L = {row['prefill_bound']:.2f}, measured prefill ratio {row['prefill_ratio']:.2f}"
+        )
+    for family, name in (("glimpse-k", "stage 1"), ("glimpse-plus-k", "GlimpsePrune+")):
+        close = sorted(
+            int(r["layer"]) for r in sweep if r["family"] == family and r["metric"] >= base["metric"] - 0.02
+        )
+        if any(r["family"] == family for r in sweep):
+            lines.append(f"earliest K within 2 points of unpruned, {name}: {close[0] if close else 'none'}")
+    lines.append(f"wall time of this task: {report['wall_seconds'] / 60:.1f} min")
     return lines
 
 
 def plot(report: dict, path: Path) -> None:
-    """(a) exact match against keep ratio at layer K; (b) exact match against prefill time ratio, native points."""
+    """Per task (one row each): (a) exact match against keep ratio at layer K; (b) exact match against prefill time
+    ratio, native points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    tasks = report["tasks"]
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.5 * len(tasks)), squeeze=False)
+    for (name, task), (left, right) in zip(tasks.items(), axes):
+        _plot_task(name, task, left, right)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_task(name: str, report: dict, left, right) -> None:
     import matplotlib.ticker
 
-    rows = report["rows"]
+    rows = [r for r in report["rows"] if r["family"] not in ("glimpse-k", "glimpse-plus-k")]
     k = str(report["layer"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     families = sorted({r["family"] for r in rows} - {"unpruned"})
     colours = {family: f"C{i % 10}" for i, family in enumerate(families)}  # one colour per method in both panels
     for family in families:
@@ -123,10 +165,7 @@ def plot(report: dict, path: Path) -> None:
     left.set_xticks([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
     left.legend(fontsize=7, loc="lower right")
     left.set_xlabel("keep ratio of visual tokens")
-    left.set_title(f"(a) which tokens to keep: every pruner after layer K = {k}")
+    left.set_title(f"{name} (a) which tokens to keep: every pruner after layer K = {k}")
     right.set_xlabel("prefill time / unpruned prefill time")
-    right.set_title("(b) what a user pays: native operating points")
+    right.set_title(f"{name} (b) what a user pays: native operating points")
     right.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,6 +1,6 @@
-"""The reproduction command, shortened: every stage trains for 2 steps, every arm runs on 16 test rows. It checks the
-wiring (three training runs through the real CLI, every arm of the table, the report files) and that the shipped
-mini model, unpruned, beats what the question alone is worth."""
+"""The reproduction command, shortened: every stage trains for 2 steps, every arm runs on 16 test rows, on every task.
+It checks the wiring (the training runs through the real CLI, every arm of the tables, the K sweep, the report files)
+and that each shipped mini model, unpruned, beats what the question alone is worth."""
 
 import json
 
@@ -15,19 +15,33 @@ def test_quick_reproduction_runs_every_stage_and_arm(tmp_path, monkeypatch):
     work, out = tmp_path / "work", tmp_path / "results"
     argv = ["--quick", "--work-dir", str(work), "--out-dir", str(out), "--batch-size", "8"]
     assert fidelity.main(argv) == 0
-    report = json.loads((out / "fidelity-quick.json").read_text())
+    everything = json.loads((out / "fidelity-quick.json").read_text())
+    assert set(everything["tasks"]) == set(fidelity.TASKS)
+    for name, report in everything["tasks"].items():
+        _check_task(name, report, work / name)
+    text = (out / "fidelity-quick.md").read_text()
+    assert "## Task shapes" in text and "Test split: 16 rows" in text
+    assert (out / "fidelity-quick.png").stat().st_size > 0
+    assert str(work) + "/" not in json.dumps(everything)  # run folders are named relative to the work dir
+
+
+def _check_task(name: str, report: dict, work) -> None:
     labels = [row["label"] for row in report["rows"]]
     assert labels[:2] == ["unpruned", "GlimpsePrune"]
     assert {"GlimpsePrune (KL only)", "GlimpsePrune+", "gprune@input", "fastv@0", "cdpruner@input"} <= set(labels)
-    for name in ("gprune", "fastv", "divprune", "cdpruner", "random", "downsample"):
-        assert sum(row["family"] == name and row["layer"] != "input" for row in report["rows"]) >= 3, name
+    for pruner in ("gprune", "fastv", "divprune", "cdpruner", "random", "downsample"):
+        assert sum(row["family"] == pruner and row["layer"] != "input" for row in report["rows"]) >= 3, pruner
     assert report["test_rows"] == 16
     # Operating points are calibrated on the rows the run calibrated on (its validation file), not on test rows.
     assert report["val_rows"] == report["deploy"]["rows"] and report["deploy"]["source"].endswith("val.jsonl")
     assert "glimpse-kl-bias" in {row["family"] for row in report["rows"]}
-    assert str(work) + "/" not in json.dumps(report)  # run folders are named relative to the work dir
-    assert (out / "fidelity-quick.md").read_text().startswith("Test split: 16 rows")
-    assert (out / "fidelity-quick.png").stat().st_size > 0
+    assert str(work) + "/" not in json.dumps(report)
     unpruned = report["rows"][0]
     prior = report["question_only_prior"]
-    assert unpruned["metric"] >= prior + 0.4, (unpruned["metric"], prior)
+    assert unpruned["metric"] >= prior + 0.4, (name, unpruned["metric"], prior)
+    # The K sweep, shortened to the deployed K and the earliest one, for both stages, each beside its bound.
+    sweep = {(row["family"], row["layer"]) for row in report["rows"] if row["family"].endswith("-k")}
+    assert sweep == {(f, k) for f in ("glimpse-k", "glimpse-plus-k") for k in ("0", str(report["layer"]))}
+    bounds = {row["layer"]: row["prefill_bound"] for row in report["rows"] if row["family"].endswith("-k")}
+    assert bounds["0"] == 1 / report["num_layers"]
+    assert set(unpruned["keep_ratio_by_group"]) == set(unpruned["metric_by_group"]) == {"colour", "shape"}
