@@ -90,7 +90,7 @@ RECIPE_ERRORS = [
         "unknown choice",
         "vip",
         _replace("sparsity: target", "sparsity: tragte"),
-        ["vip.yaml: sparsity is 'tragte' (str), expected one of 'target', 'penalty'"],
+        ["vip.yaml: sparsity is 'tragte' (str), expected one of 'target', 'batch_target', 'penalty'"],
     ),
     (
         "negative batch size",
