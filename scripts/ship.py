@@ -2,7 +2,6 @@
 `builtin:NAME`), with a card that records how it was made and how well it answers held-out questions.
 
     python scripts/ship.py outputs/mini-sft --name mini-qwen2_5_vl --recipe recipes/mini/sft.yaml
-    python scripts/ship.py outputs/mini-places-sft --name mini-qwen3_vl --recipe recipes/mini_places/sft.yaml
 
 Copies the weights, model config and processor files (nothing else: no optimizer state, no checkpoints) and writes
 `card.json`: the recipe and its launch command, seeds, training steps and time, and the run's held-out exact match

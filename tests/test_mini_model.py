@@ -15,7 +15,7 @@ from glimpserl.rl.eval.report import question_prior
 
 TASKS = {"builtin:mini-qwen2_5_vl": (make_shapes_sample, 336)}
 """Each shipped model's task: its sample function and image side."""
-ROWS = 66
+ROWS = 64
 
 
 def _samples(name: str, split: str, n: int, seed: int = 0):

@@ -239,6 +239,8 @@ def test_places_curriculum_fills_more_places_on_the_train_split_only_and_bad_siz
         make_places_sample(0, "test", 0, image_size=336)
     with pytest.raises(ValueError, match="square image"):
         make_places_sample(0, "test", 0, image_size=(288, 192))
+    with pytest.raises(ValueError, match="too small for the places task: use at least 192"):
+        make_places_sample(0, "test", 0, image_size=96)
 
 
 def test_places_task_through_the_cli_writes_every_region_a_majority_answer_needs(tmp_path):

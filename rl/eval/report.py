@@ -97,7 +97,7 @@ def markdown_table(report: dict) -> str:
         cells = [result["pruner"], _cell(result["metric"], "{:.3f}")]
         cells += [_cell(result[key], fmt) for key, _, fmt in COLUMNS]
         for g in groups:
-            metric, keep = result["metric_by_group"].get(g), result.get("keep_ratio_by_group", {}).get(g)
+            metric, keep = result["metric_by_group"].get(g), result["keep_ratio_by_group"].get(g)
             cells.append(f"{_cell(metric, '{:.3f}')} / {_cell(keep, '{:.3f}')}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -30,7 +30,6 @@ from .drawing import COLOURS, SynthObject, SynthSample, draw_object, parse_image
 PALETTE = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle", "cross")
 KINDS = ("colour", "shape", "majority")
-ONE_REGION_KINDS = ("colour", "shape")
 TOKEN = 32  # pixels per visual token side (Qwen3-VL: 16 px patches, 2 x 2 merged)
 CELLS = 2  # an object covers CELLS x CELLS visual tokens
 GRID = 3  # places per side of the board at full size
