@@ -20,7 +20,10 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {f"{BUILTIN_PREFIX}tiny-{model_type}": model_type for model_type in supported_model_types()}
 """Random tiny models, one per supported model type, built in-process on first use (weights from a seed)."""
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED_MODELS = {"builtin:mini-qwen2_5_vl": ASSETS / "mini-qwen2_5_vl"}
+SHIPPED_MODELS = {
+    "builtin:mini-qwen2_5_vl": ASSETS / "mini-qwen2_5_vl",  # the shapes task (the image picks the object)
+    "builtin:mini-qwen3_vl": ASSETS / "mini-qwen3_vl",  # the places task (the question picks it)
+}
 """Trained checkpoints that ship with the package (see each folder's card.json: recipe, seed, held-out accuracy)."""
 PROCESSOR_MARKERS = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 """A folder holds a processor when it holds one of these (the files `processor.save_pretrained` writes first)."""

@@ -80,7 +80,7 @@ def test_ship_records_the_random_object_prior_of_a_places_run(tmp_path):
     shipped = json.loads((out / "card.json").read_text())
     expected = random_object_prior(make_places_sample(4, "test", i, 288) for i in range(6))
     assert shipped["random_object_prior"] == pytest.approx(expected["exact_match"])
-    assert set(shipped["random_object_prior_by_kind"]) == {"colour", "shape", "majority"}
+    assert set(shipped["random_object_prior_by_kind"]) == {"colour", "majority"}
     assert "random_object_prior" not in json.loads(
         (ship.ship(_sft_run(tmp_path / "r2", ship), "m2", "x", assets=tmp_path / "a2") / "card.json").read_text()
     )

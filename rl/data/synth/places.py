@@ -4,15 +4,20 @@ Each image is a pale canvas split into a GRID x GRID board of places, numbered 1
 bottom (on the 3 x 3 board: 1 2 3 / 4 5 6 / 7 8 9); every place holds one object of CELLS x CELLS visual tokens
 (32 x 32 px each, the Qwen3-VL token size) at a random offset inside its place. All objects are drawn from the same
 colours and shapes (repeats allowed), so no object stands out: which one matters is written only in the question, by
-its place on the board, a cue that is not in the object's pixels. Three question kinds:
+its place on the board, a cue that is not in the object's pixels. Two question kinds, alternating by row:
 
-- colour:   "What colour is the object in place 6?"   -> "blue"      (one region)
-- shape:    "What shape is the object in place 1?"    -> "circle"    (one region)
+- colour:   "What colour is the object in place 6?"   -> "6 blue"    (one region)
 - majority: "What colour are most of the objects?"    -> "red"       (every region)
 
-A majority image has more than half of its objects in one colour; the other kinds' images draw every colour
+A colour answer restates the place before the colour, as an answer that names what it reads: the token that reads
+the image is then the place number itself, a one-step look-up. Without it the colour is read from the end of the
+prompt, which first has to fetch the number from the question, and a tiny model trained from scratch stayed at the
+random-object prior (docs/method.md, "The places task"). Shapes vary as distractors but are not asked about: the
+tiny model did not learn to tell them apart on this board (same page).
+
+A majority image has more than half of its objects in one colour; a colour question's image draws every colour
 independently. The boxes of a row are the regions its answer needs: the one object asked about, or every object for a
-majority question, so a good glimpse keeps one object's tokens for the first two kinds and all of them for the third.
+majority question, so a good glimpse keeps one object's tokens for the first kind and all of them for the second.
 
 Curriculum (training from scratch): with `curriculum` = N > 0, train rows 0..N-1 fill fewer places (2 objects at
 row 0, rising linearly to every place at row N; the other places stay empty and are never asked about); read them in
@@ -29,7 +34,7 @@ from .drawing import COLOURS, SynthObject, SynthSample, draw_object, parse_image
 
 PALETTE = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle", "cross")
-KINDS = ("colour", "shape", "majority")
+KINDS = ("colour", "majority")
 TOKEN = 32  # pixels per visual token side (Qwen3-VL: 16 px patches, 2 x 2 merged)
 CELLS = 2  # an object covers CELLS x CELLS visual tokens
 GRID = 3  # places per side of the board at full size
@@ -107,20 +112,22 @@ def make_places_sample(
         )
     asked = rng.randrange(len(places))
     target = objects[asked]
-    question = f"What {kind} is the object in place {place_number(*places[asked])}?"
-    answer = target.colour if kind == "colour" else target.shape
+    number = place_number(*places[asked])
+    question = f"What colour is the object in place {number}?"
+    answer = f"{number} {target.colour}"
     others = tuple(o for i, o in enumerate(objects) if i != asked)
     return SynthSample(image, question, answer, kind, target, (target, *others))
 
 
 def random_object_prior(samples) -> dict:
     """Exact match of answering each question from one object of its board picked at random (the expected score of
-    a model that reads some object, not the one asked about): overall and per kind. A majority question read from a
+    a model that reads some object, not the one asked about; the place it restates is in the question): overall and
+    per kind. A majority question read from a
     random object scores when that object has the majority colour."""
     by_kind: dict[str, list[float]] = {}
     for sample in samples:
-        value = (lambda o: o.shape) if sample.kind == "shape" else (lambda o: o.colour)
-        share = sum(value(o) == sample.answer for o in sample.objects) / len(sample.objects)
+        colour = sample.answer.split()[-1]  # a colour answer restates the place first
+        share = sum(o.colour == colour for o in sample.objects) / len(sample.objects)
         by_kind.setdefault(sample.kind, []).append(share)
     every = [share for shares in by_kind.values() for share in shares]
     return {
