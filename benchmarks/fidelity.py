@@ -5,6 +5,9 @@ The tasks (`TASKS`), each with its shipped mini model:
 - shapes (builtin:mini-qwen2_5_vl, recipes/mini): the colour or shape of the one coloured object among 2-5 grey ones
   on a 336 px canvas (144 visual tokens); the answer lives in the 4 tokens (2.8%) under that object. The image says
   where to look.
+- places (builtin:mini-qwen3_vl, recipes/mini_places): the colour of the object in the place the question names on
+  a 3 x 3 board of look-alike objects (4 of 81 tokens), or the colour most of the nine objects have (36 tokens). The
+  question says where to look, and how much.
 
 For each task this command reruns the method on its model and writes one table:
 
@@ -17,7 +20,10 @@ For each task this command reruns the method on its model and writes one table:
    (a) every training-free pruner at the glimpse's layer K and at its keep ratio and two others; (b) each at its
    native operating point (G-Prune, DivPrune, CDPruner before the language model, FastV after layer 0,
    downsampling on smaller images);
-4. the K sweep: stage 1 and GlimpsePrune+ retrained with the glimpse at every layer K the task lists, beside the
+4. where the task has one-region question kinds: on those rows alone, GlimpsePrune against every training-free
+   pruner at the glimpse's own keep ratio on them and at its layer K (the question, not the image, has to say which
+   region: a pruner that does not read it keeps the wrong object);
+5. the K sweep: stage 1 and GlimpsePrune+ retrained with the glimpse at every layer K the task lists, beside the
    (K+1)/L bound of the decoder's prefill work (how early can it cut?).
 
 Columns: exact match and keep ratio (overall and per question kind), kept tokens, box recall, prefill time per batch
@@ -43,19 +49,32 @@ from pathlib import Path
 import torch
 
 from glimpserl.benchmarks.fidelity_report import markdown_report, plot, summary_lines
+from glimpserl.rl.data.synth import places
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """One task of the reproduction: its recipes (vip.yaml, grpo.yaml) and the layers K of the sweep (empty = none)."""
+    """One task of the reproduction: its recipes (vip.yaml, grpo.yaml), the layers K of the sweep (empty = none), and
+    the question kinds whose answer lives in one region (empty = no one-region comparison) and that region's share of
+    the visual tokens."""
 
     recipes: Path
     layers: tuple[int, ...] = ()
+    one_region: tuple[str, ...] = ()
+    region_share: float | None = None
 
 
-TASKS = {"shapes": TaskSpec(RECIPES / "mini", layers=(0, 1, 2))}
+TASKS = {
+    "shapes": TaskSpec(RECIPES / "mini", layers=(0, 1, 2)),
+    "places": TaskSpec(
+        RECIPES / "mini_places",
+        layers=(0, 1, 2),
+        one_region=("colour",),
+        region_share=places.CELLS**2 / (places.GRID * places.PLACE) ** 2,
+    ),
+}
 OTHER_RATIOS = (0.25, 0.5)
 """Keep ratios of the baselines besides the glimpse's own."""
 GLIMPSE_POINTS = (0.3, 0.5, 2.0, 4.0)
@@ -222,6 +241,9 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
             if name in NATIVE:
                 spec = f"{name}@{NATIVE[name]}"
                 evaluator.run(model, processor, pruner_setup(spec, keep, seed=0), spec, name, NATIVE[name])
+    if task.one_region:
+        summary["one_region"] = one_region(model, processor, evaluator, task.one_region, str(k))
+        summary["one_region"]["region_share"] = task.region_share
     model, processor = load_eval_model(_settings(kl, "test", args.eval_rows, args.batch_size))
     evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
     model, processor = load_eval_model(_settings(work / "vip-kl-bias", "test", args.eval_rows, args.batch_size))
@@ -244,6 +266,24 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
         if row["family"] in ("glimpse-k", "glimpse-plus-k"):
             row["prefill_bound"] = (int(row["layer"]) + 1) / layers
     return evaluator.results, summary
+
+
+def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], layer: str) -> dict:
+    """The one-region rows alone: unpruned, GlimpsePrune, then every training-free pruner at layer K and at the
+    glimpse's mean keep ratio on these rows (the fixed budget a dynamic method spent on them)."""
+    from glimpserl.rl.eval.arms import PrunerSetup, pruner_setup
+
+    samples = [row for row in evaluator.samples if row.get("kind") in kinds]
+    if not samples:
+        raise RuntimeError(f"the test split has no rows of kind {', '.join(kinds)} for the one-region comparison")
+    sub = Evaluator(evaluator.settings, samples)
+    print(f"one-region questions ({', '.join(kinds)}: {len(samples)} rows)", flush=True)
+    sub.run(model, processor, PrunerSetup("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
+    keep = sub.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune", "glimpse", layer)["keep_ratio"]
+    for name in (*SELECTORS, "downsample"):
+        at = "-" if name == "downsample" else layer
+        sub.run(model, processor, pruner_setup(name, keep, seed=0), f"{name} (layer {at})", name, at)
+    return {"kinds": list(kinds), "rows": sub.results}
 
 
 def _run_settings(run: Path, batch_size: int, rows: int | None):

@@ -15,6 +15,8 @@ def markdown_report(report: dict) -> str:
     sections = [f"{report['threads']} threads; {report['command']}"]
     for name, task in report["tasks"].items():
         sections += [f"## Task {name}", markdown_table(task, report["threads"])]
+        if task.get("one_region"):
+            sections.append(one_region_table(task["one_region"]))
     return "\n\n".join(sections)
 
 
@@ -62,6 +64,32 @@ def markdown_table(report: dict, threads: int) -> str:
     return "\n".join(lines)
 
 
+def one_region_table(part: dict) -> str:
+    """The one-region rows alone: every pruner at the glimpse's keep on them, and its gap to the glimpse."""
+    rows = part["rows"]
+    glimpse = _pick(rows, "GlimpsePrune")
+    lines = [
+        f"### One-region questions ({', '.join(part['kinds'])}; {rows[0]['scored']} test rows): every pruner at "
+        f"GlimpsePrune's keep ratio on them and its layer"
+        + (
+            ""
+            if part.get("region_share") is None
+            else f" (the region's share of the tokens: {part['region_share']:.3f})"
+        ),
+        "",
+        "| arm | cut after layer | keep ratio | exact match | points below GlimpsePrune |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        gap = 100 * (glimpse["metric"] - row["metric"])
+        lines.append(
+            f"| {row['label']} | {row['layer']} | {row['keep_ratio']:.3f} | {row['metric']:.3f} | "
+            + ("-" if row is glimpse else f"{gap:+.1f}")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def _pick(rows: list[dict], label: str) -> dict | None:
     return next((r for r in rows if r["label"] == label), None)
 
@@ -102,6 +130,23 @@ def summary_lines(report: dict) -> list[str]:
         )
         if any(r["family"] == family for r in sweep):
             lines.append(f"earliest K within 2 points of unpruned, {name}: {close[0] if close else 'none'}")
+    kinds = [g for g in _groups(rows) if g not in (report.get("one_region") or {}).get("kinds", [])]
+    if report.get("one_region") and kinds:
+        mine = glimpse["keep_ratio_by_group"]
+        one = [mine[g] for g in report["one_region"]["kinds"]]
+        many = [mine[g] for g in kinds]
+        lines.append(
+            f"the budget follows the question: GlimpsePrune keeps {sum(many) / len(many):.3f} on {', '.join(kinds)} "
+            f"and {sum(one) / len(one):.3f} on one-region questions ({sum(many) / len(many) / max(sum(one) / len(one), 1e-9):.1f}x)"
+        )
+    if report.get("one_region"):
+        part = report["one_region"]["rows"]
+        mine = _pick(part, "GlimpsePrune")
+        lines.append(
+            f"one-region questions: unpruned {part[0]['metric']:.3f}, GlimpsePrune {mine['metric']:.3f} at keep "
+            f"{mine['keep_ratio']:.3f}; at the same keep and layer: "
+            + ", ".join(f"{r['label']} {r['metric']:.3f}" for r in part[2:])
+        )
     lines.append(f"wall time of this task: {report['wall_seconds'] / 60:.1f} min")
     return lines
 

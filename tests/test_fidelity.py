@@ -20,7 +20,8 @@ def test_quick_reproduction_runs_every_stage_and_arm(tmp_path, monkeypatch):
     for name, report in everything["tasks"].items():
         _check_task(name, report, work / name)
     text = (out / "fidelity-quick.md").read_text()
-    assert "## Task shapes" in text and "Test split: 16 rows" in text
+    assert "## Task shapes" in text and "## Task places" in text and "Test split: 16 rows" in text
+    assert "### One-region questions (colour;" in text
     assert (out / "fidelity-quick.png").stat().st_size > 0
     assert str(work) + "/" not in json.dumps(everything)  # run folders are named relative to the work dir
 
@@ -44,4 +45,16 @@ def _check_task(name: str, report: dict, work) -> None:
     assert sweep == {(f, k) for f in ("glimpse-k", "glimpse-plus-k") for k in ("0", str(report["layer"]))}
     bounds = {row["layer"]: row["prefill_bound"] for row in report["rows"] if row["family"].endswith("-k")}
     assert bounds["0"] == 1 / report["num_layers"]
-    assert set(unpruned["keep_ratio_by_group"]) == set(unpruned["metric_by_group"]) == {"colour", "shape"}
+    kinds = {"shapes": {"colour", "shape"}, "places": {"colour", "majority"}}[name]
+    assert set(unpruned["keep_ratio_by_group"]) == set(unpruned["metric_by_group"]) == kinds
+    if name == "places":  # the one-region rows alone, every pruner at the glimpse's keep on them
+        part = report["one_region"]
+        assert part["kinds"] == ["colour"] and part["region_share"] == pytest.approx(4 / 81)
+        assert [row["label"] for row in part["rows"][:2]] == ["unpruned", "GlimpsePrune"]
+        keep = part["rows"][1]["keep_ratio"]
+        others = part["rows"][2:]
+        assert {row["family"] for row in others} == {"gprune", "fastv", "divprune", "cdpruner", "random", "downsample"}
+        assert all(row["target_keep_ratio"] == pytest.approx(keep) for row in others)
+        assert all(set(row["metric_by_group"]) == {"colour"} for row in part["rows"])
+    else:
+        assert "one_region" not in report

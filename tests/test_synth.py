@@ -292,3 +292,22 @@ def test_random_object_prior_by_hand():
     )
     assert prior["by_kind"] == {"colour": 0.5, "majority": 0.75}
     assert prior["exact_match"] == pytest.approx((0.25 + 0.75 + 0.75) / 3)
+
+
+def test_cached_set_is_renamed_into_place_and_a_job_that_finished_first_wins(tmp_path, monkeypatch):
+    """Two jobs sharing the cache: each writes beside the folder and renames; the one that finds the folder complete
+    keeps it (rows name images relative to the folder) and leaves no temporary folder behind."""
+    from glimpserl.rl.data.synth import writer
+
+    monkeypatch.setenv("GLIMPSERL_CACHE", str(tmp_path))
+    real = writer.write_synth
+
+    def other_job_finishes_first(out_dir, *args):
+        real(out_dir, *args)
+        real(tmp_path / "places-v2-seed0-n2-2-288", *args)  # the other job's complete copy lands first
+
+    monkeypatch.setattr(writer, "write_synth", other_job_finishes_first)
+    folder = writer.cached_synth(2, 2, 288, 0, task="places")
+    assert (folder / "dataset.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+    rows = _rows(folder / "train.jsonl")
+    assert all((folder / row["image"]).is_file() for row in rows)

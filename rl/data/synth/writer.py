@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ class Task:
 TASKS = {
     "glimpse": Task(glimpse.make_sample, glimpse.KINDS, 1),
     "shapes": Task(shapes.make_shapes_sample, shapes.KINDS, 2, curriculum=True),
-    "places": Task(places.make_places_sample, places.KINDS, 1, curriculum=True),
+    "places": Task(places.make_places_sample, places.KINDS, 2, curriculum=True),  # v2: colour + majority
 }
 """glimpse: one target among distractors (colour / digit / word questions); shapes: the built-in mini model's task
 (find the one coloured object among grey ones, then read it); places: the question names the object by its place
@@ -142,7 +143,20 @@ def cached_synth(
     ramp = f"-c{curriculum}" if curriculum else ""
     folder = cache_dir() / f"{name}-seed{seed}-n{n_train}{val}-{n_test}-{image_size}{ramp}"
     if not (folder / "dataset.json").is_file():  # dataset.json is written last: its presence means complete
-        write_synth(folder, n_train, n_test, image_size, seed, True, task, n_val, curriculum)
+        # Written beside the folder and renamed into place, so two jobs sharing the cache never write into one folder
+        # (rows name their images relative to the set's folder, so the rename moves nothing they point to).
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        try:
+            write_synth(tmp, n_train, n_test, image_size, seed, True, task, n_val, curriculum)
+            if folder.exists() and not (folder / "dataset.json").is_file():
+                shutil.rmtree(folder)  # an interrupted write of an earlier version of this function
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / "dataset.json").is_file():  # not a job that finished first with the same set
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
