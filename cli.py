@@ -171,7 +171,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         choices=SYNTH_TASKS,
         help="glimpse: one target among distractors (colour / digit / word questions); shapes: the one coloured "
         "object among grey ones (builtin:mini-qwen2_5_vl's task); places: the question chooses the object by its "
-        "place, or asks about all of them (images 288 px). Default: glimpse.",
+        "place, or asks about all of them (builtin:mini-qwen3_vl's task; images 288 px). Default: glimpse.",
     )
     parser.add_argument(
         "--image-size", default="448", help="Image size: 448 for square or WIDTHxHEIGHT like 640x480 (default: 448)."
