@@ -271,9 +271,9 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
 def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], layer: str) -> dict:
     """The one-region rows alone: unpruned, GlimpsePrune, then every training-free pruner at layer K and at the
     glimpse's mean keep ratio on these rows (the fixed budget a dynamic method spent on them)."""
-    from glimpserl.rl.eval.arms import PrunerSetup, pruner_setup
+    from glimpserl.rl.eval.arms import GROUP_COLUMN, PrunerSetup, pruner_setup
 
-    samples = [row for row in evaluator.samples if row.get("kind") in kinds]
+    samples = [row for row in evaluator.samples if row.get(GROUP_COLUMN) in kinds]
     if not samples:
         raise RuntimeError(f"the test split has no rows of kind {', '.join(kinds)} for the one-region comparison")
     sub = Evaluator(evaluator.settings, samples)

@@ -90,6 +90,10 @@ def one_region_table(part: dict) -> str:
     return "\n".join(lines)
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def _pick(rows: list[dict], label: str) -> dict | None:
     return next((r for r in rows if r["label"] == label), None)
 
@@ -130,22 +134,21 @@ def summary_lines(report: dict) -> list[str]:
         )
         if any(r["family"] == family for r in sweep):
             lines.append(f"earliest K within 2 points of unpruned, {name}: {close[0] if close else 'none'}")
-    kinds = [g for g in _groups(rows) if g not in (report.get("one_region") or {}).get("kinds", [])]
-    if report.get("one_region") and kinds:
-        mine = glimpse["keep_ratio_by_group"]
-        one = [mine[g] for g in report["one_region"]["kinds"]]
-        many = [mine[g] for g in kinds]
+    part = report.get("one_region")
+    if part:
+        keep = glimpse["keep_ratio_by_group"]
+        many = [g for g in _groups(rows) if g not in part["kinds"]]
+        if many:
+            on_many, on_one = _mean([keep[g] for g in many]), _mean([keep[g] for g in part["kinds"]])
+            lines.append(
+                f"the budget follows the question: GlimpsePrune keeps {on_many:.3f} on {', '.join(many)} and "
+                f"{on_one:.3f} on one-region questions ({on_many / max(on_one, 1e-9):.1f}x)"
+            )
+        mine = _pick(part["rows"], "GlimpsePrune")
         lines.append(
-            f"the budget follows the question: GlimpsePrune keeps {sum(many) / len(many):.3f} on {', '.join(kinds)} "
-            f"and {sum(one) / len(one):.3f} on one-region questions ({sum(many) / len(many) / max(sum(one) / len(one), 1e-9):.1f}x)"
-        )
-    if report.get("one_region"):
-        part = report["one_region"]["rows"]
-        mine = _pick(part, "GlimpsePrune")
-        lines.append(
-            f"one-region questions: unpruned {part[0]['metric']:.3f}, GlimpsePrune {mine['metric']:.3f} at keep "
-            f"{mine['keep_ratio']:.3f}; at the same keep and layer: "
-            + ", ".join(f"{r['label']} {r['metric']:.3f}" for r in part[2:])
+            f"one-region questions: unpruned {part['rows'][0]['metric']:.3f}, GlimpsePrune {mine['metric']:.3f} at "
+            f"keep {mine['keep_ratio']:.3f}; at the same keep and layer: "
+            + ", ".join(f"{r['label']} {r['metric']:.3f}" for r in part["rows"][2:])
         )
     lines.append(f"wall time of this task: {report['wall_seconds'] / 60:.1f} min")
     return lines

@@ -58,3 +58,35 @@ def _check_task(name: str, report: dict, work) -> None:
         assert all(set(row["metric_by_group"]) == {"colour"} for row in part["rows"])
     else:
         assert "one_region" not in report
+
+
+def test_one_region_lines_and_table_by_hand():
+    """The budget ratio between question kinds and each pruner's gap to the glimpse on one-region rows."""
+    from glimpserl.benchmarks.fidelity_report import one_region_table, summary_lines
+
+    def row(label, metric, keep, by_kind):
+        return {
+            "label": label, "family": label, "layer": "1", "metric": metric, "keep_ratio": keep, "kept_tokens": 1.0,
+            "visual_tokens": 81, "prefill_ratio": 1.0, "target_keep_ratio": None, "box_recall": None,
+            "metric_by_group": by_kind, "keep_ratio_by_group": by_kind, "scored": 4,
+        }  # fmt: skip
+
+    part = {
+        "kinds": ["colour"],
+        "region_share": 4 / 81,
+        "rows": [row("unpruned", 1.0, 1.0, {}), row("GlimpsePrune", 0.1, 0.05, {}), row("divprune", 0.8, 0.05, {})],
+    }
+    rows = [row("unpruned", 1.0, 1.0, {"colour": 1.0, "majority": 1.0}), row("GlimpsePrune", 0.5, 0.25, {})]
+    rows[1]["keep_ratio_by_group"] = {"colour": 0.05, "majority": 0.4}
+    lines = summary_lines({"rows": rows, "layer": 1, "one_region": part, "wall_seconds": 60})
+    assert "keeps 0.400 on majority and 0.050 on one-region questions (8.0x)" in "\n".join(lines)
+    assert "at the same keep and layer: divprune 0.800" in "\n".join(lines)
+    table = one_region_table(part)
+    assert "(colour; 4 test rows)" in table and "share of the tokens: 0.049" in table
+    assert "| divprune | 1 | 0.050 | 0.800 | -70.0 |" in table
+
+
+def test_one_region_comparison_without_such_rows_names_the_kinds():
+    evaluator = fidelity.Evaluator(None, [{"kind": "majority"}])
+    with pytest.raises(RuntimeError, match="the test split has no rows of kind colour for the one-region comparison"):
+        fidelity.one_region(None, None, evaluator, ("colour",), "1")
