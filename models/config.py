@@ -42,6 +42,17 @@ class GlimpseConfig:
             "Default: the model family's (logits for Qwen2-VL / Qwen2.5-VL, log_softmax for LLaVA)."
         },
     )
+    state_readout: Literal["glimpse", "last_prompt"] | None = field(
+        default=None,
+        metadata={
+            "help": "Also score every visual token against a hidden state at layer K through a learned query/key pair "
+            "(query from that state, key from the token's vision features; vip_num_heads more features per token): "
+            "the glimpse's own state, or the last prompt token's (where the answer starts, which has read the "
+            "question). The per-head logits go through the frozen layer K's projections only; this lets the VIP "
+            "follow a cue in the question that they do not express (e.g. a place named by number). None: the "
+            "paper's VIP."
+        },
+    )
     vip_hidden_size: int = field(default=256, metadata={"help": "Width of the VIP."})
     vip_intermediate_size: int = field(default=512, metadata={"help": "Width of the VIP's SwiGLU feed-forward."})
     vip_num_heads: int = field(default=4, metadata={"help": "Attention heads in each VIP block."})
@@ -71,6 +82,10 @@ class GlimpseConfig:
             raise ValueError(f"GlimpseConfig.min_keep must be >= 1, got {self.min_keep}.")
         if self.readout not in (None, "logits", "log_softmax"):
             raise ValueError(f"GlimpseConfig.readout must be 'logits' or 'log_softmax', got {self.readout!r}.")
+        if self.state_readout not in (None, "glimpse", "last_prompt"):
+            raise ValueError(
+                f"GlimpseConfig.state_readout must be 'glimpse', 'last_prompt' or None, got {self.state_readout!r}."
+            )
         if self.vip_hidden_size % (2 * self.vip_num_heads) or (self.vip_hidden_size // self.vip_num_heads) % 4:
             raise ValueError(
                 "GlimpseConfig.vip_hidden_size / vip_num_heads must be a multiple of 4 (2D rotary embedding), got "

@@ -123,6 +123,8 @@ class _PromptPass:
     """Each layer's rotated prompt (keys, values), kept when a completion follows."""
     readout: torch.Tensor | None
     """[batch, heads, prompt] the glimpse's read-out at layer K."""
+    state: torch.Tensor | None
+    """[batch, hidden] the hidden state entering layer K that the VIP reads with `state_readout` (None without)."""
     attn_last: torch.Tensor | None
     """[batch, prompt] the last prompt token's attention at layer K (FastV-style pruners)."""
 
@@ -137,16 +139,23 @@ class _Decision:
     """[batch, seq] VIP logits (zeros where no VIP ran)."""
 
 
-def _vip_logits(glimpse: GlimpseModule, readout: torch.Tensor, inputs: GlimpseInputs) -> torch.Tensor:
+def _vip_logits(
+    glimpse: GlimpseModule, readout: torch.Tensor, inputs: GlimpseInputs, state: torch.Tensor | None = None
+) -> torch.Tensor:
     """Run the VIP on every image; returns logits [batch, seq] (0 outside visual columns)."""
     n_images, n_tokens = inputs.image_token_mask.shape
     stacked = readout.new_zeros(n_images, n_tokens, readout.shape[1])
+    owner = []  # the batch row of each image
     image = 0
     for b, runs in enumerate(inputs.segments):
         for start, end in runs:
             stacked[image, : end - start] = readout[b, :, start:end].transpose(0, 1)
+            owner.append(b)
             image += 1
-    scores = glimpse.vip(stacked, inputs.vision_features, inputs.grid_rows, inputs.grid_cols, inputs.image_token_mask)
+    per_image = None if state is None else state[torch.tensor(owner, dtype=torch.long, device=state.device)]
+    scores = glimpse.vip(
+        stacked, inputs.vision_features, inputs.grid_rows, inputs.grid_cols, inputs.image_token_mask, per_image
+    )
     logits = torch.zeros(inputs.visual_mask.shape, dtype=scores.dtype, device=scores.device)
     image = 0
     for b, runs in enumerate(inputs.segments):
@@ -197,7 +206,7 @@ def _prompt_layers(p: _Pass) -> _PromptPass:
     store = None  # the private cache of a pass without one, created when first needed
     rows = p.residual_rows()
     rows = None if rows is None else rows[:, :prompt]
-    out = _PromptPass(h, [], None, None)
+    out = _PromptPass(h, [], None, None, None)
     for idx in range(p.k_layer + 1):
         layer = p.text.layers[idx]
         h_in = h
@@ -229,6 +238,8 @@ def _prompt_layers(p: _Pass) -> _PromptPass:
             g = side_layer_step(layer, g, g_rope, g_mask, kv, g_bias, rotary)
         else:
             out.readout = glimpse_readout(layer, g, h_in, rope, g_rope, attention_mask, rotary, cfg.readout, kv[0])
+            # Left padding: the last prompt column is every row's last real prompt token.
+            out.state = {"glimpse": g[:, 0], "last_prompt": h_in[:, -1]}.get(cfg.state_readout)
     out.hidden = h
     return out
 
@@ -251,7 +262,8 @@ def _decide(p: _Pass, prompt_pass: _PromptPass) -> _Decision:
     if prompt_pass.readout is None:
         logits = torch.zeros(visual.shape, device=visual.device)
     else:
-        logits = _vip_logits(p.glimpse, torch.nn.functional.pad(prompt_pass.readout, (0, seq - prompt)), inputs)
+        readout = torch.nn.functional.pad(prompt_pass.readout, (0, seq - prompt))
+        logits = _vip_logits(p.glimpse, readout, inputs, prompt_pass.state)
     if request.keep is not None:
         # A reused decision covers at least the prompt; later columns (a completion) are text and always kept.
         keep = request.keep[:, :seq].to(visual.device).bool()

@@ -1,7 +1,9 @@
 """The glimpse token's embeddings and the Visual token Importance Predictor (VIP); family-agnostic.
 
 The VIP scores every visual token of an image from two inputs:
-- the glimpse read-out: per attention head, the glimpse query's logit against the token's key at layer K;
+- the glimpse read-out: per attention head, the glimpse query's logit against the token's key at layer K (with
+  `state_readout`, beside it one learned logit per VIP head between the glimpse's state at layer K and the token's
+  vision features);
 - intermediate vision-encoder features of the token, one vision block per VIP block (conditioning).
 Each block is pre-norm conditional self-attention (queries and keys from [x, cond], values from x) with a 2D
 rotary embedding over the token grid, then a SwiGLU feed-forward. Attention is full within one image.
@@ -98,15 +100,48 @@ class VIPBlock(nn.Module):
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
+class StateReadout(nn.Module):
+    """Per head, a learned logit between a hidden state at layer K (the query) and each visual token's vision features
+    (the key, turned by the VIP's 2D rotary embedding at the token's grid cell): the read-out the frozen layer K
+    cannot give when its projections do not express the question's cue. The query is not turned (it sits at the grid's
+    origin), so a head can address grid cells: a place named in the question is findable even where the vision
+    features carry little of their position."""
+
+    def __init__(self, text_hidden_size: int, vision_size: int, width: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.RMSNorm(text_hidden_size)
+        self.query = nn.Linear(text_hidden_size, width)
+        self.key = nn.Linear(vision_size, width)
+
+    def forward(
+        self, state: torch.Tensor, vision: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """state: [images, text_hidden] (repeated per image); vision: [images, tokens, vision_size]; rope: the VIP's
+        (cos, sin) [images, 1, tokens, head_dim]. Returns [images, tokens, heads]."""
+        n_img, n_tok, _ = vision.shape
+        q = self.query(self.norm(state)).view(n_img, self.num_heads, 1, -1)
+        k = self.key(vision).view(n_img, n_tok, self.num_heads, -1).transpose(1, 2)
+        cos, sin = rope
+        k = k * cos + _rotate_half(k) * sin
+        return ((q * k).sum(-1) * q.shape[-1] ** -0.5).transpose(1, 2)
+
+
 class VIP(nn.Module):
     """Visual token Importance Predictor: one keep logit per visual token."""
 
-    def __init__(self, config: GlimpseConfig, num_readout_heads: int, vision_size: int):
+    def __init__(self, config: GlimpseConfig, num_readout_heads: int, vision_size: int, text_hidden_size: int = 0):
         super().__init__()
         d = config.vip_hidden_size
         self.rope_theta = config.vip_rope_theta
         self.head_dim = d // config.vip_num_heads
-        self.in_proj = nn.Linear(num_readout_heads, d)
+        extra = 0
+        if config.state_readout:
+            if text_hidden_size <= 0:
+                raise ValueError("GlimpseConfig.state_readout needs the decoder's hidden size (text_hidden_size).")
+            self.state_readout = StateReadout(text_hidden_size, vision_size, d, config.vip_num_heads)
+            extra = config.vip_num_heads
+        self.in_proj = nn.Linear(num_readout_heads + extra, d)
         self.blocks = nn.ModuleList(VIPBlock(config, vision_size) for _ in range(config.vip_num_blocks))
         self.out_norm = nn.RMSNorm(d)
         self.out_proj = nn.Linear(d, 1)
@@ -121,17 +156,25 @@ class VIP(nn.Module):
         rows: torch.Tensor,
         cols: torch.Tensor,
         token_mask: torch.Tensor,
+        state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Score the visual tokens of a padded stack of images.
 
         readout: [images, tokens, readout_heads]; vision: one [images, tokens, vision_size] per block;
-        rows, cols: [images, tokens] grid coordinates; token_mask: [images, tokens] bool (False = padding).
+        rows, cols: [images, tokens] grid coordinates; token_mask: [images, tokens] bool (False = padding);
+        state: [images, text_hidden] the glimpse's hidden state at layer K (read with `state_readout` only).
         Returns logits [images, tokens] (padding positions are meaningless).
         """
         dtype = self.in_proj.weight.dtype
-        x = self.in_proj(readout.to(dtype))
         cos, sin = grid_rotary(rows.float(), cols.float(), self.head_dim, self.rope_theta)
         rope = (cos.to(dtype), sin.to(dtype))
+        readout = readout.to(dtype)
+        if hasattr(self, "state_readout"):
+            if state is None:
+                raise ValueError("This VIP reads a hidden state (state_readout) but none was given.")
+            scores = self.state_readout(state.to(dtype), vision[0].to(dtype), rope)
+            readout = torch.cat([readout, scores], dim=-1)
+        x = self.in_proj(readout)
         for block, feats in zip(self.blocks, vision):
             x = block(x, feats.to(dtype), rope, token_mask)
         return self.out_proj(self.out_norm(x)).squeeze(-1)
@@ -153,4 +196,4 @@ class GlimpseModule(nn.Module):
             raise ValueError("GlimpseModule needs a resolved GlimpseConfig (call config.resolve(...)).")
         self.config = config
         self.embedding = GlimpseEmbedding(config.layer, text_hidden_size, input_scale)
-        self.vip = VIP(config, num_readout_heads, vision_size)
+        self.vip = VIP(config, num_readout_heads, vision_size, text_hidden_size)

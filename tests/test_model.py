@@ -416,3 +416,41 @@ def test_model_names_that_cannot_load_fail_before_loading(tmp_path):
             load(str(tmp_path))
         with pytest.raises(ValueError, match="Unknown built-in model"):
             load("builtin:tiny-llama")
+
+
+@pytest.mark.parametrize("source", ["glimpse", "last_prompt"])
+def test_state_readout_is_per_sample_and_round_trips(tmp_path, tiny_processor, source):
+    """With `state_readout` each image is scored against its own sample's state: a ragged batch decides as each
+    sample alone, the extra read-out moves the VIP's logits, and a saved glimpse loads with it."""
+    questions = ["What colour is the square?", "Which digit is written in the box on the left?"]
+    images = [[image(112, 112, 0)], [image(84, 168, 1)]]
+    model = _glimpse_model("qwen2_5_vl", state_readout=source, max_keep_ratio=0.25)
+    module = model.model.glimpse
+    with torch.no_grad():
+        for p in module.vip.state_readout.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+        together = model(**batch(tiny_processor, questions, images))
+        logits = [together.glimpse.logits[i][together.glimpse.visual_mask[i]] for i in range(2)]
+        for i in range(2):
+            alone = model(**batch(tiny_processor, [questions[i]], [images[i]])).glimpse
+            assert torch.allclose(alone.logits[0][alone.visual_mask[0]], logits[i], atol=1e-5)
+        module.vip.state_readout.query.weight.zero_()
+        module.vip.state_readout.query.bias.zero_()
+        silenced = model(**batch(tiny_processor, questions, images)).glimpse
+    assert not torch.allclose(silenced.logits[0][silenced.visual_mask[0]], logits[0], atol=1e-3)
+    save_glimpse(model, tmp_path / "g")
+    fresh = load_glimpse(build_tiny_model("qwen2_5_vl", seed=0).eval(), tmp_path / "g")
+    assert fresh.model.glimpse.config.state_readout == source
+    with torch.no_grad():
+        again = fresh(**batch(tiny_processor, questions, images)).glimpse
+    assert torch.equal(again.logits, silenced.logits)
+
+
+def test_state_readout_hard_mask_equals_removal(tiny_processor):
+    model = _glimpse_model("qwen2_5_vl", state_readout="last_prompt", max_keep_ratio=0.3)
+    assert_hard_mask_equals_removal(model, _ragged(tiny_processor))
+
+
+def test_state_readout_rejects_an_unknown_source():
+    with pytest.raises(ValueError, match="state_readout"):
+        GlimpseConfig(state_readout="question")

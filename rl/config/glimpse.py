@@ -42,6 +42,7 @@ class GlimpseArguments:
     glimpse_max_keep_ratio: float | None = _key("max_keep_ratio")
     glimpse_min_keep: int = _key("min_keep")
     glimpse_readout: Literal["logits", "log_softmax"] | None = _key("readout")
+    glimpse_state_readout: Literal["glimpse", "last_prompt"] | None = _key("state_readout")
     vip_hidden_size: int = _key("vip_hidden_size")
     vip_intermediate_size: int = _key("vip_intermediate_size")
     vip_num_heads: int = _key("vip_num_heads")
