@@ -454,3 +454,30 @@ def test_state_readout_hard_mask_equals_removal(tiny_processor):
 def test_state_readout_rejects_an_unknown_source():
     with pytest.raises(ValueError, match="state_readout"):
         GlimpseConfig(state_readout="question")
+
+
+def test_state_readout_can_address_any_grid_cell():
+    """The state read-out's key is turned by the 2D rotary embedding at its token's cell and its query is not, so a
+    learned query can single out one cell of the grid even when every token's vision features are the same: what lets
+    the VIP find a place named by number."""
+    from glimpserl.models.vip import StateReadout, grid_rotary
+
+    torch.manual_seed(0)
+    side, heads, width = 9, 2, 32
+    rows = torch.arange(side).repeat_interleave(side)[None].float()
+    cols = torch.arange(side).repeat(side)[None].float()
+    rope = grid_rotary(rows, cols, width // heads, 100.0)
+    vision = torch.zeros(1, side * side, 4)  # no feature tells the cells apart
+    state = torch.randn(1, 8)
+    for target in (0, 40, 74):
+        readout = StateReadout(8, 4, width, heads)
+        with torch.no_grad():
+            readout.key.bias.normal_()
+        opt = torch.optim.Adam(readout.query.parameters(), lr=0.05)
+        for _ in range(200):
+            scores = readout(state, vision, rope).sum(-1)[0]
+            loss = -scores.log_softmax(-1)[target]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert int(readout(state, vision, rope).sum(-1)[0].argmax()) == target

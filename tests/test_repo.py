@@ -21,8 +21,9 @@ def test_readme_opens_with_two_setup_commands():
     assert len(commands) == 2
     assert all(c.startswith("python3 -m venv .venv") and "pip install torch==2.13.0" in c for c in commands)
     assert (
-        "glimpserl train recipes/mini/vip.yaml" in commands[0]
-        and "glimpserl eval --glimpse outputs/mini-vip" in commands[0]
+        "glimpserl train recipes/mini_places/vip.yaml" in commands[0]
+        and "glimpserl eval --glimpse outputs/mini-places-vip" in commands[0]
+        and "glimpserl bench" in commands[0]
     )
     assert "python -m pytest" in commands[1]
 
