@@ -2,8 +2,8 @@
 
 The VIP scores every visual token of an image from two inputs:
 - the glimpse read-out: per attention head, the glimpse query's logit against the token's key at layer K (with
-  `state_readout`, beside it one learned logit per VIP head between the glimpse's state at layer K and the token's
-  vision features);
+  `state_readout`, beside it one learned logit per VIP head between a hidden state at layer K, the glimpse's or the
+  last prompt token's, and the token's vision features);
 - intermediate vision-encoder features of the token, one vision block per VIP block (conditioning).
 Each block is pre-norm conditional self-attention (queries and keys from [x, cond], values from x) with a 2D
 rotary embedding over the token grid, then a SwiGLU feed-forward. Attention is full within one image.
