@@ -143,7 +143,8 @@ def test_vip_reads_clip_hidden_states_without_cls_and_a_log_softmax(processor, i
         model(**inputs)
         hidden = inner.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
     handle.remove()
-    readout, vision, rows, cols, token_mask = seen["args"]
+    readout, vision, rows, cols, token_mask, state = seen["args"]
+    assert state is None  # no state read-out unless the config asks for one
     assert [v.shape for v in vision] == [(2, TOKENS, 64)] * 4
     for feats, block in zip(vision, [2, 0, 1, 3]):
         assert torch.equal(feats, hidden[block + 1][:, 1:])  # block i's output, CLS dropped
