@@ -135,12 +135,12 @@ class VIP(nn.Module):
         d = config.vip_hidden_size
         self.rope_theta = config.vip_rope_theta
         self.head_dim = d // config.vip_num_heads
-        extra = 0
+        self.state_readout: StateReadout | None = None
         if config.state_readout:
             if text_hidden_size <= 0:
                 raise ValueError("GlimpseConfig.state_readout needs the decoder's hidden size (text_hidden_size).")
             self.state_readout = StateReadout(text_hidden_size, vision_size, d, config.vip_num_heads)
-            extra = config.vip_num_heads
+        extra = config.vip_num_heads if self.state_readout is not None else 0
         self.in_proj = nn.Linear(num_readout_heads + extra, d)
         self.blocks = nn.ModuleList(VIPBlock(config, vision_size) for _ in range(config.vip_num_blocks))
         self.out_norm = nn.RMSNorm(d)
@@ -162,14 +162,15 @@ class VIP(nn.Module):
 
         readout: [images, tokens, readout_heads]; vision: one [images, tokens, vision_size] per block;
         rows, cols: [images, tokens] grid coordinates; token_mask: [images, tokens] bool (False = padding);
-        state: [images, text_hidden] the glimpse's hidden state at layer K (read with `state_readout` only).
+        state: [images, text_hidden] the hidden state entering layer K that `state_readout` reads (the glimpse's or
+        the last prompt token's; scored against the first block's vision features).
         Returns logits [images, tokens] (padding positions are meaningless).
         """
         dtype = self.in_proj.weight.dtype
         cos, sin = grid_rotary(rows.float(), cols.float(), self.head_dim, self.rope_theta)
         rope = (cos.to(dtype), sin.to(dtype))
         readout = readout.to(dtype)
-        if hasattr(self, "state_readout"):
+        if self.state_readout is not None:
             if state is None:
                 raise ValueError("This VIP reads a hidden state (state_readout) but none was given.")
             scores = self.state_readout(state.to(dtype), vision[0].to(dtype), rope)
