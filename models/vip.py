@@ -130,15 +130,13 @@ class StateReadout(nn.Module):
 class VIP(nn.Module):
     """Visual token Importance Predictor: one keep logit per visual token."""
 
-    def __init__(self, config: GlimpseConfig, num_readout_heads: int, vision_size: int, text_hidden_size: int = 0):
+    def __init__(self, config: GlimpseConfig, num_readout_heads: int, vision_size: int, text_hidden_size: int):
         super().__init__()
         d = config.vip_hidden_size
         self.rope_theta = config.vip_rope_theta
         self.head_dim = d // config.vip_num_heads
         self.state_readout: StateReadout | None = None
         if config.state_readout:
-            if text_hidden_size <= 0:
-                raise ValueError("GlimpseConfig.state_readout needs the decoder's hidden size (text_hidden_size).")
             self.state_readout = StateReadout(text_hidden_size, vision_size, d, config.vip_num_heads)
         extra = config.vip_num_heads if self.state_readout is not None else 0
         self.in_proj = nn.Linear(num_readout_heads + extra, d)

@@ -456,6 +456,21 @@ def test_state_readout_rejects_an_unknown_source():
         GlimpseConfig(state_readout="question")
 
 
+def test_a_state_reading_vip_without_a_state_is_a_clear_error():
+    model = _glimpse_model("qwen2_5_vl", state_readout="last_prompt")
+    vip = model.model.glimpse.vip
+    tokens, vision = 4, [torch.zeros(1, 4, vip.state_readout.key.in_features)] * len(vip.blocks)
+    grid = torch.arange(tokens)[None]
+    with pytest.raises(ValueError, match="reads a hidden state .state_readout. but none was given"):
+        vip(
+            torch.zeros(1, tokens, vip.in_proj.in_features - vip.state_readout.num_heads),
+            vision,
+            grid,
+            grid,
+            torch.ones(1, tokens, dtype=torch.bool),
+        )
+
+
 def test_state_readout_can_address_any_grid_cell():
     """The state read-out's key is turned by the 2D rotary embedding at its token's cell and its query is not, so a
     learned query can single out one cell of the grid even when every token's vision features are the same: what lets
