@@ -207,3 +207,33 @@ def test_eval_asks_its_questions_the_way_the_run_trained(synth, glimpse_dir, tmp
     assert (override.question_template, override.max_pixels) == ("{question}?", 3136)
     bare = resolve_settings(EvalSettings(glimpse=str(glimpse_dir), pruners="glimpse", dataset=str(synth)))
     assert bare.question_template is None and not bare.run_card
+
+
+def test_another_split_of_the_runs_held_out_set(synth, glimpse_dir, tmp_path):
+    """--split reads that split of the set the run's card names (its held-out file's sibling), and a card whose
+    held-out data is one file of another name cannot give another split: an error, not the held-out rows again."""
+    from glimpserl.rl.eval.compare import resolve_settings
+    from glimpserl.rl.eval.settings import EvalSettings
+    from glimpserl.rl.runs.card import RUN_CARD
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("glimpse.safetensors", "glimpse_config.json"):
+        (run / name).write_bytes((glimpse_dir / name).read_bytes())
+    folder = tmp_path / "set"  # a built-in set's files: one per split, named for it
+    folder.mkdir()
+    for split in ("test", "val"):
+        (folder / f"{split}.jsonl").write_text(synth.read_text())
+    card = {"stage": "vip", "model_name_or_path": "builtin:tiny-qwen2_5_vl", "data": {}}
+    (run / RUN_CARD).write_text(json.dumps({**card, "eval_dataset": str(folder / "test.jsonl")}))
+    for split in ("val", "test"):
+        settings = resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split=split))
+        assert settings.dataset == str(folder / f"{split}.jsonl")
+    with pytest.raises(ValueError, match="has no 'train' split; pass --dataset"):
+        resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split="train"))
+    own = tmp_path / "held_out.jsonl"
+    own.write_text(synth.read_text())
+    (run / RUN_CARD).write_text(json.dumps({**card, "eval_dataset": str(own)}))
+    assert resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse")).dataset == str(own)
+    with pytest.raises(ValueError, match=r"--split val: the run's held-out data is the single file .*held_out.jsonl"):
+        resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split="val"))

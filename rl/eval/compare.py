@@ -77,12 +77,30 @@ def _card_defaults(settings: EvalSettings, card: dict | None) -> dict:
     if card is not None:
         if settings.glimpse and settings.model is None:
             filled["model"] = card.get("model_name_or_path")
-        filled["dataset"] = settings.dataset or card.get("eval_dataset")
+        filled["dataset"] = settings.dataset or split_file(card.get("eval_dataset"), settings.split)
         for key in PROMPT_KEYS:
             if getattr(settings, key) is None:
                 filled[key] = card["data"].get(key)
     filled["dataset"] = filled["dataset"] or DEFAULT_DATASET
     return filled
+
+
+def split_file(path: str | None, split: str) -> str | None:
+    """The file of `split` beside a run card's held-out file (the test split, eval's default). A built-in set's files
+    are named for their splits (`.../test.jsonl`), so its other splits are the sibling files; a held-out file of
+    another name has one split only, and asking it for another one is an error (a single file has no splits)."""
+    from ..data.synth.builtin import SPLITS
+
+    held_out = Path(path) if path else None
+    if held_out is None or split in ("test", held_out.stem):
+        return path
+    sibling = held_out.with_name(f"{split}{held_out.suffix}")
+    if held_out.stem in SPLITS and sibling.is_file():
+        return str(sibling)
+    raise ValueError(
+        f"--split {split}: the run's held-out data is the single file {path}, which has no {split!r} split; "
+        "pass --dataset with the file to read."
+    )
 
 
 def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str]:
