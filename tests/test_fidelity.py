@@ -35,7 +35,8 @@ def _check_task(name: str, report: dict, work) -> None:
     assert report["test_rows"] == 16
     # Operating points are calibrated on the rows the run calibrated on (its validation file), not on test rows.
     assert report["val_rows"] == report["deploy"]["rows"] and report["deploy"]["source"].endswith("val.jsonl")
-    assert "glimpse-kl-bias" in {row["family"] for row in report["rows"]}
+    has_contrast = "glimpse-kl-bias" in {row["family"] for row in report["rows"]}
+    assert has_contrast == fidelity.TASKS[name].bias_contrast == ("vip-kl-bias" in report["training"])
     assert str(work) + "/" not in json.dumps(report)
     unpruned = report["rows"][0]
     prior = report["question_only_prior"]
