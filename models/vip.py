@@ -11,11 +11,16 @@ rotary embedding over the token grid, then a SwiGLU feed-forward. Attention is f
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import GlimpseConfig
+
+GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
+"""Radians between successive directions of the state read-out's rotation frequencies (no two pairs line up)."""
 
 
 class GlimpseEmbedding(nn.Module):
@@ -102,10 +107,14 @@ class VIPBlock(nn.Module):
 
 class StateReadout(nn.Module):
     """Per head, a learned logit between a hidden state at layer K (the query) and each visual token's vision features
-    (the key, turned by the VIP's 2D rotary embedding at the token's grid cell): the read-out the frozen layer K
-    cannot give when its projections do not express the question's cue. The query is not turned (it sits at the grid's
-    origin), so a head can address grid cells: a place named in the question is findable even where the vision
-    features carry little of their position."""
+    (the key, turned at the token's grid cell): the read-out the frozen layer K cannot give when its projections do not
+    express the question's cue. The query is not turned (it sits at the grid's origin), so a head can address grid
+    cells: a place named in the question is findable even where the vision features carry little of their position.
+
+    The turn is the read-out's own: rotation pair p of head h turns by the angle w[h, p] . (row, col), with learned
+    frequency vectors w (a rotary embedding of mixed directions, not split into a row half and a column half, so one
+    pair can follow a diagonal). They start at magnitudes from pi (neighbouring cells in opposite phase) down to
+    pi / 16, in directions spread by the golden angle."""
 
     def __init__(self, text_hidden_size: int, vision_size: int, width: int, num_heads: int):
         super().__init__()
@@ -113,17 +122,26 @@ class StateReadout(nn.Module):
         self.norm = nn.RMSNorm(text_hidden_size)
         self.query = nn.Linear(text_hidden_size, width)
         self.key = nn.Linear(vision_size, width)
+        pairs = width // num_heads // 2
+        magnitude = math.pi * 2.0 ** (-4.0 * torch.arange(pairs) / max(pairs - 1, 1))
+        direction = GOLDEN_ANGLE * torch.arange(num_heads * pairs, dtype=torch.float32).view(num_heads, pairs)
+        self.freqs = nn.Parameter(torch.stack([magnitude * direction.cos(), magnitude * direction.sin()], dim=-1))
 
     def forward(
-        self, state: torch.Tensor, vision: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+        self, state: torch.Tensor, vision: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
-        """state: [images, text_hidden] (repeated per image); vision: [images, tokens, vision_size]; rope: the VIP's
-        (cos, sin) [images, 1, tokens, head_dim]. Returns [images, tokens, heads]."""
+        """state: [images, text_hidden] (repeated per image); vision: [images, tokens, vision_size]; rows, cols:
+        [images, tokens] grid coordinates. Returns [images, tokens, heads]."""
         n_img, n_tok, _ = vision.shape
         q = self.query(self.norm(state)).view(n_img, self.num_heads, 1, -1)
         k = self.key(vision).view(n_img, n_tok, self.num_heads, -1).transpose(1, 2)
-        cos, sin = rope
-        k = k * cos + _rotate_half(k) * sin
+        freqs = self.freqs.float()  # the angles in float32: a bf16 angle at row 100 is off by up to a radian
+        angles = (
+            rows.float()[:, None, :, None] * freqs[:, None, :, 0]
+            + cols.float()[:, None, :, None] * freqs[:, None, :, 1]
+        )
+        angles = torch.cat([angles, angles], dim=-1)
+        k = k * angles.cos().to(k.dtype) + _rotate_half(k) * angles.sin().to(k.dtype)
         return ((q * k).sum(-1) * q.shape[-1] ** -0.5).transpose(1, 2)
 
 
@@ -171,7 +189,7 @@ class VIP(nn.Module):
         if self.state_readout is not None:
             if state is None:
                 raise ValueError("This VIP reads a hidden state (state_readout) but none was given.")
-            scores = self.state_readout(state.to(dtype), vision[0].to(dtype), rope)
+            scores = self.state_readout(state.to(dtype), vision[0].to(dtype), rows, cols)
             readout = torch.cat([readout, scores], dim=-1)
         x = self.in_proj(readout)
         for block, feats in zip(self.blocks, vision):

@@ -472,27 +472,50 @@ def test_a_state_reading_vip_without_a_state_is_a_clear_error():
 
 
 def test_state_readout_can_address_any_grid_cell():
-    """The state read-out's key is turned by the 2D rotary embedding at its token's cell and its query is not, so a
-    learned query can single out one cell of the grid even when every token's vision features are the same: what lets
-    the VIP find a place named by number."""
-    from glimpserl.models.vip import StateReadout, grid_rotary
+    """The state read-out's key is turned at its token's cell and its query is not, so a learned query can single out
+    one cell of the grid even when every token's vision features are the same: what lets the VIP find a place named by
+    number. With the turn taken away (zero frequencies) no query can."""
+    from glimpserl.models.vip import StateReadout
 
     torch.manual_seed(0)
     side, heads, width = 9, 2, 32
     rows = torch.arange(side).repeat_interleave(side)[None].float()
     cols = torch.arange(side).repeat(side)[None].float()
-    rope = grid_rotary(rows, cols, width // heads, 100.0)
     vision = torch.zeros(1, side * side, 4)  # no feature tells the cells apart
     state = torch.randn(1, 8)
-    for target in (0, 40, 74):
+
+    def addressed(target: int, turned: bool) -> bool:
         readout = StateReadout(8, 4, width, heads)
         with torch.no_grad():
             readout.key.bias.normal_()
+            readout.freqs.mul_(float(turned))
         opt = torch.optim.Adam(readout.query.parameters(), lr=0.05)
         for _ in range(200):
-            scores = readout(state, vision, rope).sum(-1)[0]
+            scores = readout(state, vision, rows, cols).sum(-1)[0]
             loss = -scores.log_softmax(-1)[target]
             opt.zero_grad()
             loss.backward()
             opt.step()
-        assert int(readout(state, vision, rope).sum(-1)[0].argmax()) == target
+        return int(readout(state, vision, rows, cols).sum(-1)[0].argmax()) == target
+
+    assert all(addressed(target, turned=True) for target in (0, 18, 40, 62, 74, 80))
+    assert not addressed(40, turned=False)
+
+
+def test_state_readout_turns_in_float32_under_bfloat16():
+    """The read-out's angles are computed in float32 whatever the VIP's dtype (a bf16 angle at row 100 is off by
+    up to a radian), so a bf16 read-out's scores track those of the same weights in float32 at a large grid's far
+    cells."""
+    import copy
+
+    from glimpserl.models.vip import StateReadout
+
+    torch.manual_seed(0)
+    half = StateReadout(8, 4, 32, 2).to(torch.bfloat16)
+    same_weights = copy.deepcopy(half).float()
+    rows = torch.full((1, 3), 120.0)
+    cols = torch.tensor([[0.0, 60.0, 121.0]])
+    vision, state = torch.randn(1, 3, 4).bfloat16().float(), torch.randn(1, 8).bfloat16().float()
+    full = same_weights(state, vision, rows, cols)
+    half = half(state.bfloat16(), vision.bfloat16(), rows, cols).float()
+    assert torch.allclose(half, full, atol=0.05 * full.abs().max().item())
