@@ -79,7 +79,7 @@ TASKS = {
 }
 OTHER_RATIOS = (0.25, 0.5)
 """Keep ratios of the baselines besides the glimpse's own."""
-GLIMPSE_POINTS = (0.3, 0.5, 2.0, 4.0)
+GLIMPSE_POINTS = (0.3, 0.5, 0.9, 2.0, 4.0)
 """Other glimpse operating points, as multiples of the deployment keep ratio (calibrated on the validation split)."""
 SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
 NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
@@ -243,8 +243,9 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
             if name in NATIVE:
                 spec = f"{name}@{NATIVE[name]}"
                 evaluator.run(model, processor, pruner_setup(spec, keep, seed=0), spec, name, NATIVE[name])
+    plus_model = load_eval_model(_run_settings(plus, args.batch_size, args.eval_rows))
     if task.one_region:
-        summary["one_region"] = one_region(model, processor, evaluator, task.one_region, str(k))
+        summary["one_region"] = one_region(model, processor, evaluator, task.one_region, str(k), plus_model)
         summary["one_region"]["region_share"] = task.region_share
     model, processor = load_eval_model(_settings(kl, "test", args.eval_rows, args.batch_size))
     evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
@@ -252,8 +253,7 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
         model, processor = load_eval_model(_settings(work / "vip-kl-bias", "test", args.eval_rows, args.batch_size))
         label = "GlimpsePrune (KL only, gradient through the additive bias)"
         evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-kl-bias", str(k))
-    model, processor = load_eval_model(_run_settings(plus, args.batch_size, args.eval_rows))
-    evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
+    evaluator.run(*plus_model, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
     for layer in sweep_layers(task, k, args.quick):
         stage1, stage2 = (box, plus) if layer == k else (work / f"vip-box-k{layer}", work / f"grpo-k{layer}")
         model, processor = load_eval_model(_settings(stage1, "test", args.eval_rows, args.batch_size))
@@ -271,9 +271,11 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
     return evaluator.results, summary
 
 
-def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], layer: str) -> dict:
+def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], layer: str, plus) -> dict:
     """The one-region rows alone: unpruned, GlimpsePrune, then every training-free pruner at layer K and at the
-    glimpse's mean keep ratio on these rows (the fixed budget a dynamic method spent on them)."""
+    glimpse's mean keep ratio on these rows (the fixed budget a dynamic method spent on them); then the same for
+    GlimpsePrune+ (`plus`: its model and processor), the pruners on the base model at its keep. Each pruner row names
+    the glimpse it is compared with (`versus`)."""
     from glimpserl.rl.eval.arms import GROUP_COLUMN, PrunerSetup, pruner_setup
 
     samples = [row for row in evaluator.samples if row.get(GROUP_COLUMN) in kinds]
@@ -282,10 +284,16 @@ def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], l
     sub = Evaluator(evaluator.settings, samples)
     print(f"one-region questions ({', '.join(kinds)}: {len(samples)} rows)", flush=True)
     sub.run(model, processor, PrunerSetup("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
-    keep = sub.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune", "glimpse", layer)["keep_ratio"]
-    for name in (*SELECTORS, "downsample"):
-        at = "-" if name == "downsample" else layer
-        sub.run(model, processor, pruner_setup(name, keep, seed=0), f"{name} (layer {at})", name, at)
+    for glimpse, family, runs_on in (
+        ("GlimpsePrune", "glimpse", (model, processor)),
+        ("GlimpsePrune+", "glimpse-plus", plus),
+    ):
+        keep = sub.run(*runs_on, PrunerSetup("glimpse"), glimpse, family, layer)["keep_ratio"]
+        suffix = "" if glimpse == "GlimpsePrune" else f" at {glimpse}'s keep"
+        for name in (*SELECTORS, "downsample"):
+            at = "-" if name == "downsample" else layer
+            row = sub.run(model, processor, pruner_setup(name, keep, seed=0), f"{name} (layer {at}){suffix}", name, at)
+            row["versus"] = glimpse
     return {"kinds": list(kinds), "rows": sub.results}
 
 

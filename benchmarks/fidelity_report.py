@@ -65,28 +65,25 @@ def markdown_table(report: dict, threads: int) -> str:
 
 
 def one_region_table(part: dict) -> str:
-    """The one-region rows alone: every pruner at the glimpse's keep on them, and its gap to the glimpse."""
+    """The one-region rows alone: every pruner at a glimpse's keep on them (GlimpsePrune's, then GlimpsePrune+'s), and
+    its gap to that glimpse."""
     rows = part["rows"]
-    glimpse = _pick(rows, "GlimpsePrune")
     lines = [
         f"### One-region questions ({', '.join(part['kinds'])}; {rows[0]['scored']} test rows): every pruner at "
-        f"GlimpsePrune's keep ratio on them and its layer"
+        f"GlimpsePrune's (then GlimpsePrune+'s) keep ratio on them and its layer"
         + (
             ""
             if part.get("region_share") is None
             else f" (the region's share of the tokens: {part['region_share']:.3f})"
         ),
         "",
-        "| arm | cut after layer | keep ratio | exact match | points below GlimpsePrune |",
+        "| arm | cut after layer | keep ratio | exact match | points below the glimpse at that keep |",
         "|---|---|---:|---:|---:|",
     ]
     for row in rows:
-        gap = 100 * (glimpse["metric"] - row["metric"])
-        lines.append(
-            f"| {row['label']} | {row['layer']} | {row['keep_ratio']:.3f} | {row['metric']:.3f} | "
-            + ("-" if row is glimpse else f"{gap:+.1f}")
-            + " |"
-        )
+        versus = _pick(rows, row.get("versus") or "GlimpsePrune")
+        gap = "-" if row["family"].startswith("glimpse") else f"{100 * (versus['metric'] - row['metric']):+.1f}"
+        lines.append(f"| {row['label']} | {row['layer']} | {row['keep_ratio']:.3f} | {row['metric']:.3f} | {gap} |")
     return "\n".join(lines)
 
 
@@ -136,20 +133,23 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(f"earliest K within 2 points of unpruned, {name}: {close[0] if close else 'none'}")
     part = report.get("one_region")
     if part:
-        keep = glimpse["keep_ratio_by_group"]
         many = [g for g in _groups(rows) if g not in part["kinds"]]
-        if many:
-            on_many, on_one = _mean([keep[g] for g in many]), _mean([keep[g] for g in part["kinds"]])
+        for label in ("GlimpsePrune", "GlimpsePrune+"):
+            row, mine = _pick(rows, label), _pick(part["rows"], label)
+            if row is None or mine is None:
+                continue
+            if many:
+                keep = row["keep_ratio_by_group"]
+                on_many, on_one = _mean([keep[g] for g in many]), _mean([keep[g] for g in part["kinds"]])
+                lines.append(
+                    f"the budget follows the question: {label} keeps {on_many:.3f} on {', '.join(many)} and "
+                    f"{on_one:.3f} on one-region questions ({on_many / max(on_one, 1e-9):.1f}x)"
+                )
             lines.append(
-                f"the budget follows the question: GlimpsePrune keeps {on_many:.3f} on {', '.join(many)} and "
-                f"{on_one:.3f} on one-region questions ({on_many / max(on_one, 1e-9):.1f}x)"
+                f"one-region questions: unpruned {part['rows'][0]['metric']:.3f}, {label} {mine['metric']:.3f} at "
+                f"keep {mine['keep_ratio']:.3f}; at the same keep and layer: "
+                + ", ".join(f"{r['label']} {r['metric']:.3f}" for r in part["rows"] if r.get("versus") == label)
             )
-        mine = _pick(part["rows"], "GlimpsePrune")
-        lines.append(
-            f"one-region questions: unpruned {part['rows'][0]['metric']:.3f}, GlimpsePrune {mine['metric']:.3f} at "
-            f"keep {mine['keep_ratio']:.3f}; at the same keep and layer: "
-            + ", ".join(f"{r['label']} {r['metric']:.3f}" for r in part["rows"][2:])
-        )
     lines.append(f"wall time of this task: {report['wall_seconds'] / 60:.1f} min")
     return lines
 

@@ -52,10 +52,12 @@ def _check_task(name: str, report: dict, work) -> None:
         part = report["one_region"]
         assert part["kinds"] == ["colour"] and part["region_share"] == pytest.approx(4 / 81)
         assert [row["label"] for row in part["rows"][:2]] == ["unpruned", "GlimpsePrune"]
-        keep = part["rows"][1]["keep_ratio"]
-        others = part["rows"][2:]
-        assert {row["family"] for row in others} == {"gprune", "fastv", "divprune", "cdpruner", "random", "downsample"}
-        assert all(row["target_keep_ratio"] == pytest.approx(keep) for row in others)
+        pruners = {"gprune", "fastv", "divprune", "cdpruner", "random", "downsample"}
+        for glimpse in ("GlimpsePrune", "GlimpsePrune+"):
+            keep = next(row["keep_ratio"] for row in part["rows"] if row["label"] == glimpse)
+            others = [row for row in part["rows"] if row.get("versus") == glimpse]
+            assert {row["family"] for row in others} == pruners
+            assert all(row["target_keep_ratio"] == pytest.approx(keep) for row in others)
         assert all(set(row["metric_by_group"]) == {"colour"} for row in part["rows"])
     else:
         assert "one_region" not in report
@@ -72,22 +74,33 @@ def test_one_region_lines_and_table_by_hand():
             "metric_by_group": by_kind, "keep_ratio_by_group": by_kind, "scored": 4,
         }  # fmt: skip
 
+    versus = [
+        {**row("divprune", 0.8, 0.05, {}), "versus": "GlimpsePrune"},
+        {**row("divprune at plus", 0.4, 0.03, {}), "family": "divprune", "versus": "GlimpsePrune+"},
+    ]
     part = {
         "kinds": ["colour"],
         "region_share": 4 / 81,
-        "rows": [row("unpruned", 1.0, 1.0, {}), row("GlimpsePrune", 0.1, 0.05, {}), row("divprune", 0.8, 0.05, {})],
+        "rows": [row("unpruned", 1.0, 1.0, {}), row("GlimpsePrune", 0.1, 0.05, {}), versus[0]]
+        + [{**row("GlimpsePrune+", 0.9, 0.03, {}), "family": "glimpse-plus"}, versus[1]],
     }
     rows = [row("unpruned", 1.0, 1.0, {"colour": 1.0, "majority": 1.0}), row("GlimpsePrune", 0.5, 0.25, {})]
+    rows.append(row("GlimpsePrune+", 0.6, 0.1, {}))
     rows[1]["keep_ratio_by_group"] = {"colour": 0.05, "majority": 0.4}
-    lines = summary_lines({"rows": rows, "layer": 1, "one_region": part, "wall_seconds": 60})
-    assert "keeps 0.400 on majority and 0.050 on one-region questions (8.0x)" in "\n".join(lines)
-    assert "at the same keep and layer: divprune 0.800" in "\n".join(lines)
+    rows[2]["keep_ratio_by_group"] = {"colour": 0.03, "majority": 0.3}
+    text = "\n".join(summary_lines({"rows": rows, "layer": 1, "one_region": part, "wall_seconds": 60}))
+    assert "GlimpsePrune keeps 0.400 on majority and 0.050 on one-region questions (8.0x)" in text
+    assert "GlimpsePrune+ keeps 0.300 on majority and 0.030 on one-region questions (10.0x)" in text
+    assert "GlimpsePrune 0.100 at keep 0.050; at the same keep and layer: divprune 0.800\n" in text
+    assert "GlimpsePrune+ 0.900 at keep 0.030; at the same keep and layer: divprune at plus 0.400\n" in text
     table = one_region_table(part)
     assert "(colour; 4 test rows)" in table and "share of the tokens: 0.049" in table
-    assert "| divprune | 1 | 0.050 | 0.800 | -70.0 |" in table
+    assert "| divprune | 1 | 0.050 | 0.800 | -70.0 |" in table  # against GlimpsePrune
+    assert "| divprune at plus | 1 | 0.030 | 0.400 | +50.0 |" in table  # against GlimpsePrune+
+    assert "| GlimpsePrune+ | 1 | 0.030 | 0.900 | - |" in table
 
 
 def test_one_region_comparison_without_such_rows_names_the_kinds():
     evaluator = fidelity.Evaluator(None, [{"kind": "majority"}])
     with pytest.raises(RuntimeError, match="the test split has no rows of kind colour for the one-region comparison"):
-        fidelity.one_region(None, None, evaluator, ("colour",), "1")
+        fidelity.one_region(None, None, evaluator, ("colour",), "1", None)
