@@ -46,8 +46,9 @@ class GlimpseConfig:
         default=None,
         metadata={
             "help": "Also score every visual token against a hidden state entering layer K through a learned "
-            "query/key pair (query from that state; key from the token's vision features, turned by the VIP's 2D "
-            "rotary embedding at the token's grid cell; vip_num_heads more features per token): the glimpse's own "
+            "query/key pair (query from that state; key from the token's vision features, turned at the token's grid "
+            "cell by a rotary embedding with learned 2D frequencies; vip_num_heads more features per token): the "
+            "glimpse's own "
             "state, or the last prompt token's (where the answer starts, which has read the question). The per-head "
             "logits go through the frozen layer K's projections only; this lets the VIP follow a cue in the question "
             "that they do not express (e.g. a place named by number). None: the paper's VIP."
