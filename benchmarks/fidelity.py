@@ -21,9 +21,9 @@ For each task this command reruns the method on its model and writes one table:
    (a) every training-free pruner at the glimpse's layer K and at its keep ratio and two others; (b) each at its
    native operating point (G-Prune, DivPrune, CDPruner before the language model, FastV after layer 0,
    downsampling on smaller images);
-4. where the task has one-region question kinds: on those rows alone, GlimpsePrune against every training-free
-   pruner at the glimpse's own keep ratio on them and at its layer K (the question, not the image, has to say which
-   region: a pruner that does not read it keeps the wrong object);
+4. where the task has one-region question kinds: on those rows alone, GlimpsePrune and then GlimpsePrune+, each
+   against every training-free pruner at that glimpse's own keep ratio on them and at its layer K (the question, not
+   the image, has to say which region: a pruner that does not read it keeps the wrong object);
 5. the K sweep: stage 1 and GlimpsePrune+ retrained with the glimpse at every layer K the task lists, beside the
    (K+1)/L bound of the decoder's prefill work (how early can it cut?).
 
