@@ -168,9 +168,10 @@ def load_glimpse(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     try:
         module.load_state_dict({k: v.to(reference.device, reference.dtype) for k, v in state.items()}, strict=True)
     except RuntimeError as err:  # missing / unexpected tensors or shapes that disagree with its own config
-        message = str(err).splitlines()[0]
+        message = " ".join(line.strip() for line in str(err).splitlines())
         raise ValueError(
-            f"{Path(directory) / WEIGHTS_NAME} does not match {CONFIG_NAME} beside it: {message}"
+            f"{Path(directory) / WEIGHTS_NAME} does not match {CONFIG_NAME} beside it (weights saved by another "
+            f"version of the glimpse need retraining): {message}"
         ) from None
     module.config = config
     return model

@@ -229,7 +229,7 @@ def test_another_split_of_the_runs_held_out_set(synth, glimpse_dir, tmp_path):
     for split in ("val", "test"):
         settings = resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split=split))
         assert settings.dataset == str(folder / f"{split}.jsonl")
-    with pytest.raises(ValueError, match="has no 'train' split; pass --dataset"):
+    with pytest.raises(ValueError, match="held-out set has no train.jsonl beside .*test.jsonl; pass --dataset"):
         resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split="train"))
     own = tmp_path / "held_out.jsonl"
     own.write_text(synth.read_text())
@@ -237,3 +237,5 @@ def test_another_split_of_the_runs_held_out_set(synth, glimpse_dir, tmp_path):
     assert resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse")).dataset == str(own)
     with pytest.raises(ValueError, match=r"--split val: the run's held-out data is the single file .*held_out.jsonl"):
         resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split="val"))
+    (run / RUN_CARD).write_text(json.dumps({**card, "eval_dataset": str(folder)}))  # a folder: its reader splits
+    assert resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split="val")).dataset == str(folder)

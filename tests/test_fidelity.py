@@ -74,6 +74,7 @@ def test_one_region_lines_and_table_by_hand():
             "metric_by_group": by_kind, "keep_ratio_by_group": by_kind, "scored": 4,
         }  # fmt: skip
 
+    glimpse_row = {**row("GlimpsePrune", 0.1, 0.05, {}), "family": "glimpse"}
     versus = [
         {**row("divprune", 0.8, 0.05, {}), "versus": "GlimpsePrune"},
         {**row("divprune at plus", 0.4, 0.03, {}), "family": "divprune", "versus": "GlimpsePrune+"},
@@ -81,7 +82,7 @@ def test_one_region_lines_and_table_by_hand():
     part = {
         "kinds": ["colour"],
         "region_share": 4 / 81,
-        "rows": [row("unpruned", 1.0, 1.0, {}), row("GlimpsePrune", 0.1, 0.05, {}), versus[0]]
+        "rows": [row("unpruned", 1.0, 1.0, {}), glimpse_row, versus[0]]
         + [{**row("GlimpsePrune+", 0.9, 0.03, {}), "family": "glimpse-plus"}, versus[1]],
     }
     rows = [row("unpruned", 1.0, 1.0, {"colour": 1.0, "majority": 1.0}), row("GlimpsePrune", 0.5, 0.25, {})]
@@ -97,7 +98,7 @@ def test_one_region_lines_and_table_by_hand():
     assert "(colour; 4 test rows)" in table and "share of the tokens: 0.049" in table
     assert "| divprune | 1 | 0.050 | 0.800 | -70.0 |" in table  # against GlimpsePrune
     assert "| divprune at plus | 1 | 0.030 | 0.400 | +50.0 |" in table  # against GlimpsePrune+
-    assert "| GlimpsePrune+ | 1 | 0.030 | 0.900 | - |" in table
+    assert "| GlimpsePrune+ | 1 | 0.030 | 0.900 | - |" in table and "| GlimpsePrune | 1 | 0.050 | 0.100 | - |" in table
 
 
 def test_one_region_comparison_without_such_rows_names_the_kinds():

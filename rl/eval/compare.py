@@ -88,19 +88,25 @@ def _card_defaults(settings: EvalSettings, card: dict | None) -> dict:
 def split_file(path: str | None, split: str) -> str | None:
     """The file of `split` beside a run card's held-out file (the test split, eval's default). A built-in set's files
     are named for their splits (`.../test.jsonl`), so its other splits are the sibling files; a held-out file of
-    another name has one split only, and asking it for another one is an error (a single file has no splits)."""
+    another name has one split only, and asking it for another one is an error (a single file has no splits). A
+    folder or hub id is returned as it is: the reader picks the split there."""
     from ..data.synth.builtin import SPLITS
 
     held_out = Path(path) if path else None
-    if held_out is None or split in ("test", held_out.stem):
+    if held_out is None or not held_out.is_file() or split in ("test", held_out.stem):
         return path
     sibling = held_out.with_name(f"{split}{held_out.suffix}")
-    if held_out.stem in SPLITS and sibling.is_file():
-        return str(sibling)
-    raise ValueError(
-        f"--split {split}: the run's held-out data is the single file {path}, which has no {split!r} split; "
-        "pass --dataset with the file to read."
-    )
+    if held_out.stem not in SPLITS:
+        raise ValueError(
+            f"--split {split}: the run's held-out data is the single file {path}, which has no {split!r} split; "
+            "pass --dataset with the file to read."
+        )
+    if not sibling.is_file():
+        raise ValueError(
+            f"--split {split}: the run's held-out set has no {sibling.name} beside {path}; pass --dataset with the "
+            "file to read."
+        )
+    return str(sibling)
 
 
 def _parse_pruners(value: list[str] | str | None, has_glimpse: bool) -> list[str]:
