@@ -114,9 +114,9 @@ class StateReadout(nn.Module):
     The turn is the read-out's own: rotation pair p of head h turns by the angle w[h, p] . (row, col), with learned
     frequency vectors w (a rotary embedding of mixed directions, not split into a row half and a column half, so one
     pair can follow a diagonal). They start at magnitudes from pi (neighbouring cells in opposite phase) down to
-    pi / 16, in directions spread by the golden angle; what is learned is the offset from that start (zero at init),
-    and the angles are computed in float32. A bf16 copy of the weights then rounds only the small offsets, where a
-    stored bf16 frequency near pi would move the angle at row 120 by most of a radian."""
+    pi / 16, in directions spread by the golden angle. The angles are computed in float32. The frequencies are stored
+    in the module's dtype: a bf16 copy rounds them to 8 bits (a frequency near pi by about 0.006, which moves the angle
+    at row 120 by most of a radian), so train and deploy the read-out in the same dtype."""
 
     def __init__(self, text_hidden_size: int, vision_size: int, width: int, num_heads: int):
         super().__init__()
@@ -124,14 +124,10 @@ class StateReadout(nn.Module):
         self.norm = nn.RMSNorm(text_hidden_size)
         self.query = nn.Linear(text_hidden_size, width)
         self.key = nn.Linear(vision_size, width)
-        self.freq_offset = nn.Parameter(torch.zeros(num_heads, width // num_heads // 2, 2))
-
-    def initial_freqs(self, device: torch.device | None = None) -> torch.Tensor:
-        """[heads, pairs, 2] float32: the frequency vectors the offsets start from."""
-        heads, pairs, _ = self.freq_offset.shape
-        magnitude = math.pi * 2.0 ** (-4.0 * torch.arange(pairs, device=device) / max(pairs - 1, 1))
-        direction = GOLDEN_ANGLE * torch.arange(heads * pairs, device=device, dtype=torch.float32).view(heads, pairs)
-        return torch.stack([magnitude * direction.cos(), magnitude * direction.sin()], dim=-1)
+        pairs = width // num_heads // 2
+        magnitude = math.pi * 2.0 ** (-4.0 * torch.arange(pairs) / max(pairs - 1, 1))
+        direction = GOLDEN_ANGLE * torch.arange(num_heads * pairs, dtype=torch.float32).view(num_heads, pairs)
+        self.freqs = nn.Parameter(torch.stack([magnitude * direction.cos(), magnitude * direction.sin()], dim=-1))
 
     def forward(
         self, state: torch.Tensor, vision: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
@@ -141,7 +137,7 @@ class StateReadout(nn.Module):
         n_img, n_tok, _ = vision.shape
         q = self.query(self.norm(state)).view(n_img, self.num_heads, 1, -1)
         k = self.key(vision).view(n_img, n_tok, self.num_heads, -1).transpose(1, 2)
-        freqs = self.initial_freqs(vision.device) + self.freq_offset.float()
+        freqs = self.freqs.float()  # the angles in float32: a bf16 angle at row 100 is off by up to a radian
         angles = (
             rows.float()[:, None, :, None] * freqs[:, None, :, 0]
             + cols.float()[:, None, :, None] * freqs[:, None, :, 1]

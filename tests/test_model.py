@@ -488,8 +488,7 @@ def test_state_readout_can_address_any_grid_cell():
         readout = StateReadout(8, 4, width, heads)
         with torch.no_grad():
             readout.key.bias.normal_()
-            if not turned:
-                readout.freq_offset.copy_(-readout.initial_freqs())
+            readout.freqs.mul_(float(turned))
         opt = torch.optim.Adam(readout.query.parameters(), lr=0.05)
         for _ in range(200):
             scores = readout(state, vision, rows, cols).sum(-1)[0]
@@ -504,21 +503,19 @@ def test_state_readout_can_address_any_grid_cell():
 
 
 def test_state_readout_turns_in_float32_under_bfloat16():
-    """A read-out trained in float32 and run in bf16 scores a large grid's far cells as it did: the frequencies are
-    learned as offsets from a start computed in float32, so bf16 rounds only the offsets, and the angles are computed
-    in float32 (a stored bf16 frequency near pi, or a bf16 angle at row 120, would be off by most of a radian)."""
+    """The read-out's angles are computed in float32 whatever the VIP's dtype (a bf16 angle at row 120 is off by up
+    to a radian), so a bf16 read-out's scores track those of the same weights in float32 at a large grid's far
+    cells."""
     import copy
 
     from glimpserl.models.vip import StateReadout
 
     torch.manual_seed(0)
-    trained = StateReadout(8, 4, 32, 2)
-    with torch.no_grad():
-        trained.freq_offset.normal_(std=0.05)  # as after training
-    half = copy.deepcopy(trained).to(torch.bfloat16)
+    half = StateReadout(8, 4, 32, 2).to(torch.bfloat16)
+    same_weights = copy.deepcopy(half).float()
     rows = torch.full((1, 3), 120.0)
     cols = torch.tensor([[0.0, 60.0, 121.0]])
     vision, state = torch.randn(1, 3, 4).bfloat16().float(), torch.randn(1, 8).bfloat16().float()
-    full = trained(state, vision, rows, cols)
+    full = same_weights(state, vision, rows, cols)
     half = half(state.bfloat16(), vision.bfloat16(), rows, cols).float()
     assert torch.allclose(half, full, atol=0.05 * full.abs().max().item())
