@@ -8,16 +8,20 @@ import os
 
 from glimpserl.benchmarks.shapes import SHAPES
 
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "llava")
+"""The model types the benchmarks build (benchmarks/families.py has one entry per name)."""
+
 BENCH_PRUNERS = ("glimpse", "cdpruner", "divprune", "fastv", "gprune", "random")
-"""What `glimpserl bench --pruners` accepts: the glimpse and the training-free selectors the Qwen path can feed
-(benchmarks.scaling.valid_pruners derives the same list from the selector registry; a test keeps them equal)."""
+"""What `glimpserl bench --pruners` accepts: the glimpse and the training-free selectors every benchmarked family can
+feed and the FLOP counter counts (benchmarks.scaling.valid_pruners derives the list per family from the selector
+registry; a test keeps them equal)."""
 
 
 CPU_SHAPE = dict(
     hidden=512, layers=12, heads=8, kv_heads=2, intermediate=None, vision_hidden=128, vision_layers=8, vision_heads=2,
     vision_intermediate=None, vocab=None, tied=False,
 )  # fmt: skip
-"""The shape without --shape: a Qwen2.5-VL-shaped model sized for a CPU (the MLP widths follow the rules in the flags'
+"""The shape without --shape: a model of the --family sized for a CPU (the MLP widths follow the rules in the flags'
 help; the vocabulary is the benchmark's own default)."""
 SHAPE_FLAGS = tuple(key for key in CPU_SHAPE if key != "tied")
 """The flags a --shape sets; giving one of them beside --shape is an error (--layer-k is not one: K can be swept)."""
@@ -33,8 +37,15 @@ def add_model_arguments(p: argparse.ArgumentParser, vocab: int | None = None) ->
         choices=sorted(SHAPES),
         default=None,
         help="A published architecture configuration (benchmarks/shapes.py), built with random weights on the "
-        "device: sets every shape flag below but --layer-k (default: the method's K for it). Default: a CPU-sized "
-        "Qwen2.5-VL shape (hidden 512, 12 layers).",
+        "device: sets --family and every shape flag below but --layer-k (default: the method's K for it). Default: "
+        "a CPU-sized shape of --family (hidden 512, 12 layers).",
+    )
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default=None,
+        help="Model type of the CPU-sized shape (default qwen2_5_vl); a --shape sets its own. llava's visual tokens "
+        "per image follow its fixed image size (a square of at least --visual-tokens, exactly 576 for llava_1_5_7b).",
     )
     p.add_argument("--hidden", type=int, default=None, help="Text decoder width (CPU shape: 512).")
     p.add_argument("--layers", type=int, default=None, help="Text decoder layers L (CPU shape: 12).")
@@ -72,14 +83,17 @@ def shape_values(args: argparse.Namespace) -> dict:
     """The shape of the parsed flags: the --shape preset's, else the CPU shape with the given flags on top. A flag
     beside --shape that it would override is an error naming it."""
     given = {key: getattr(args, key) for key in SHAPE_FLAGS if getattr(args, key, None) is not None}
+    family = getattr(args, "family", None)
     if args.shape is None:
         values = {**CPU_SHAPE, "vocab": args.default_vocab, **given}
-        return {**values, "layer_k": args.layer_k}
+        return {**values, "layer_k": args.layer_k, "family": family or FAMILIES[0]}
+    preset = SHAPES[args.shape]
+    if family is not None and family != preset.family:
+        raise ValueError(f"--shape {args.shape} is a {preset.family} model; drop --family {family} or --shape.")
     if given:
         flags = ", ".join("--" + key.replace("_", "-") for key in given)
         raise ValueError(f"--shape {args.shape} sets {flags} itself; drop {flags} or --shape.")
-    preset = SHAPES[args.shape]
-    values = {key: getattr(preset, key) for key in (*SHAPE_FLAGS, "tied")}
+    values = {key: getattr(preset, key) for key in (*SHAPE_FLAGS, "tied", "family")}
     return {**values, "layer_k": preset.layer_k if args.layer_k is None else args.layer_k}
 
 

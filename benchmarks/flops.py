@@ -1,6 +1,8 @@
-"""Analytic prefill FLOPs of a Qwen2.5-VL model, unpruned and pruned by the glimpse.
+"""Analytic prefill FLOPs of a vision-language model, unpruned and pruned by the glimpse.
 
-Qwen2.5-VL only, by design: it counts that family's windowed vision tower and 2x2 merger.
+The counts are family-agnostic: a `VisionShape` describes the vision tower (windowed or full attention, MLP linears,
+a CLS token, the merger / projector), and benchmarks/families.py reads each benchmarked family's shapes from its
+config (Qwen2.5-VL, Qwen3-VL, LLaVA-1.5).
 
 Counted: every matrix multiply, 2*m*n*k for a Linear (or the patch-embedding Conv3d) of m tokens from n to k
 features, and 2 * 2 * pairs * heads * head_dim for attention (scores q.k and the weighted sum of values) over `pairs`
@@ -54,19 +56,29 @@ class TextShape:
 
 @dataclass(frozen=True)
 class VisionShape:
-    """Qwen2.5-VL vision tower: windowed attention except in `full_blocks`, SwiGLU MLP, 2x2 patch merger."""
+    """A vision tower: `depth` blocks (qkv + output projections, an MLP of `mlp_linears` linears), windowed attention
+    except in `full_blocks` (every block when `window` is None), then the merger / projector on each image's merged
+    tokens."""
 
     hidden: int
     depth: int
     heads: int
     intermediate: int
-    out_hidden: int
     patch_volume: int
-    """in_channels * temporal_patch * patch**2: the patch-embedding Conv3d's fan-in."""
+    """in_channels * temporal_patch * patch**2: the patch embedding's fan-in."""
     merge: int
-    window: int
-    """Window side in merged tokens (window_size // merge // patch)."""
+    """Patches merged into one visual token per side (2 for Qwen, 1 for LLaVA)."""
+    window: int | None
+    """Window side in merged tokens (window_size // merge // patch); None: full attention in every block."""
     full_blocks: tuple[int, ...]
+    merger: tuple[tuple[int, int], ...]
+    """(fan_in, fan_out) of each linear of the merger / projector, per merged token."""
+    mergers: int = 1
+    """How many mergers run on every merged token (Qwen3-VL: the final one and one per DeepStack block)."""
+    mlp_linears: int = 3
+    """3: a gated (SwiGLU) MLP; 2: fc1 / fc2."""
+    extra_tokens: int = 0
+    """Tokens every block sees beside the patches (CLIP's CLS), dropped before the projector."""
 
 
 @dataclass(frozen=True)
@@ -76,38 +88,6 @@ class VIPShape:
     blocks: int
     readout_heads: int
     vision_size: int
-
-
-def shapes_from_model(model) -> tuple[TextShape, VisionShape, VIPShape | None]:
-    """Read the shapes from a Qwen2.5-VL model (with or without a glimpse attached)."""
-    config = model.config
-    if config.model_type != "qwen2_5_vl":
-        raise ValueError(f"The analytic FLOP counter models the Qwen2.5-VL vision tower; got {config.model_type!r}.")
-    t, v = config.text_config, config.vision_config
-    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-    text = TextShape(
-        t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, head_dim,
-        t.intermediate_size, t.vocab_size,
-    )  # fmt: skip
-    vision = VisionShape(
-        hidden=v.hidden_size,
-        depth=v.depth,
-        heads=v.num_heads,
-        intermediate=v.intermediate_size,
-        out_hidden=v.out_hidden_size,
-        patch_volume=v.in_channels * v.temporal_patch_size * v.patch_size**2,
-        merge=v.spatial_merge_size,
-        window=v.window_size // v.spatial_merge_size // v.patch_size,
-        full_blocks=tuple(v.fullatt_block_indexes),
-    )
-    glimpse = getattr(model.model, "glimpse", None)
-    vip = None
-    if glimpse is not None:
-        c = glimpse.config
-        vip = VIPShape(
-            c.vip_hidden_size, c.vip_intermediate_size, c.vip_num_blocks, t.num_attention_heads, v.hidden_size
-        )
-    return text, vision, vip
 
 
 def _window_sides(n: int, window: int) -> list[int]:
@@ -120,16 +100,21 @@ def vision_flops(shape: VisionShape, grid_thw: list[tuple[int, int, int]]) -> in
     d, unit = shape.hidden, shape.merge**2
     for t, h, w in grid_thw:
         patches = t * h * w
-        per_block = linear(patches, d, 3 * d) + linear(patches, d, d) + 3 * linear(patches, d, shape.intermediate)
-        rows, cols = _window_sides(h // shape.merge, shape.window), _window_sides(w // shape.merge, shape.window)
-        window_pairs = t * sum((r * c * unit) ** 2 for r in rows for c in cols)
-        full_pairs = t * (h * w) ** 2
+        tokens = patches + t * shape.extra_tokens
+        per_block = (
+            linear(tokens, d, 3 * d) + linear(tokens, d, d) + shape.mlp_linears * linear(tokens, d, shape.intermediate)
+        )
+        full_pairs = t * (h * w + shape.extra_tokens) ** 2
+        window_pairs = full_pairs
+        if shape.window is not None:
+            rows, cols = _window_sides(h // shape.merge, shape.window), _window_sides(w // shape.merge, shape.window)
+            window_pairs = t * sum((r * c * unit) ** 2 for r in rows for c in cols)
         total += linear(patches, shape.patch_volume, d)
         for block in range(shape.depth):
-            pairs = full_pairs if block in shape.full_blocks else window_pairs
+            pairs = full_pairs if shape.window is None or block in shape.full_blocks else window_pairs
             total += per_block + attention(pairs, shape.heads, d // shape.heads)
         merged = patches // unit
-        total += linear(merged, unit * d, unit * d) + linear(merged, unit * d, shape.out_hidden)
+        total += shape.mergers * sum(linear(merged, fan_in, fan_out) for fan_in, fan_out in shape.merger)
     return total
 
 
@@ -176,6 +161,10 @@ def vip_flops(shape: VIPShape, image_tokens: list[int]) -> int:
         )
         total += linear(n, shape.readout_heads, d) + shape.blocks * per_block + linear(n, d, 1)
     return total
+
+
+COUNTED_SELECTORS = ("gprune", "divprune", "cdpruner", "fastv", "random")
+"""The training-free selectors `selection_flops` counts."""
 
 
 def selection_flops(

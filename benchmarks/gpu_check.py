@@ -1,7 +1,8 @@
 """The GPU check: the efficiency table at the published Qwen2.5-VL-7B shape, one command, one markdown + JSON table.
 
-Qwen2.5-VL only, by design: it runs benchmarks.scaling (and benchmarks.grpo_step) on the published shapes of
-benchmarks/shapes.py, with random weights built on the GPU in bf16 (timing and memory do not depend on the weights).
+It runs benchmarks.scaling (and benchmarks.grpo_step) on the published Qwen2.5-VL shapes of benchmarks/shapes.py,
+the paper's efficiency setting, with random weights built on the GPU in bf16 (timing and memory do not depend on the
+weights); the Qwen3-VL-8B and LLaVA-1.5-7B presets run through the same benchmarks by --shape (README).
 
     python -m glimpserl.benchmarks.gpu_check --out outputs/gpu_check          # on a GPU (benchmarks/gpu_check.sh)
     python -m glimpserl.benchmarks.gpu_check --out /tmp/check --tiny          # the same wiring on a CPU, tiny shape

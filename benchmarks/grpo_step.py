@@ -1,5 +1,5 @@
-"""GRPO step cost: glimpserl's pruned trainer against plain `trl.GRPOTrainer`, one Qwen2.5-VL-shaped model, same
-data, LoRA and settings, side by side in one run.
+"""GRPO step cost: glimpserl's pruned trainer against plain `trl.GRPOTrainer`, one model (Qwen2.5-VL-shaped by
+default, or --family / --shape), same data, LoRA and settings, side by side in one run.
 
     python -m glimpserl.benchmarks.grpo_step --threads 1 --json grpo_step.json
     python -m glimpserl.benchmarks.grpo_step --hidden 64 --layers 4 --heads 4 --vision-hidden 32 --vision-layers 4 \\
@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -41,9 +40,11 @@ import time
 import torch
 from transformers import PrinterCallback
 
-from glimpserl.benchmarks.arguments import add_model_arguments, shape_values
-from glimpserl.benchmarks.measure import PIXELS_PER_TOKEN, build_arm, profiled_peak_bytes, sync
-from glimpserl.benchmarks.prefill_decode import spec_from_args
+from glimpserl.benchmarks.arguments import add_model_arguments
+from glimpserl.benchmarks.families import family_of
+from glimpserl.benchmarks.measure import build_arm, profiled_peak_bytes, sync
+from glimpserl.benchmarks.prefill_decode import check_spec, spec_from_args
+from glimpserl.benchmarks.report import model_name
 
 ARMS = ("trl", "pruned", "keep_all", "sample")
 PARTS = ("generation", "log_probs", "backward", "other")
@@ -235,19 +236,18 @@ def _ratios(arms: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from glimpserl.models.tiny import build_tiny_processor
-
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
     torch.set_num_threads(args.threads)
     spec = spec_from_args(args)
-    side = math.ceil(math.sqrt(args.visual_tokens))  # visual tokens per image side, 28 px each
-    pixels = side * side * PIXELS_PER_TOKEN
-    processor = build_tiny_processor("qwen2_5_vl", min_pixels=pixels, max_pixels=pixels)
+    family = family_of(spec.family)
+    processor = family.processor(spec)
+    side = family.grid(spec)[0]  # a square image of side x side visual tokens
+    size = family.image_pixels(spec)[0]
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as folder:
-        dataset = _dataset(folder, side * 28, rows=max(8, args.steps))
+        dataset = _dataset(folder, size, rows=max(8, args.steps))
         prompt = processor.apply_chat_template(dataset[0]["prompt"], add_generation_prompt=True)
         prompt_tokens = len(processor(text=[prompt], images=dataset[0]["images"])["input_ids"][0])
         for r in range(args.rounds):
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> dict:
                 runs[arm].append(run_arm(arm, spec, args, dataset, processor, device, measure))
     arms = {arm: _summary(arm_runs) for arm, arm_runs in runs.items()}
     return {
-        "model": {**dataclasses.asdict(spec), "family": "qwen2_5_vl"},
+        "model": dataclasses.asdict(spec),
         "device": device.type,
         "threads": args.threads,
         "visual_tokens_per_image": side * side,
@@ -288,7 +288,7 @@ def markdown_report(result: dict) -> str:
     model = result["model"]
     lines.append(
         f"\nSample mode / deterministic (keep {model['keep_ratio']:.0%}): {ratios['sample_over_pruned']:.2f}. "
-        f"Text hidden {model['hidden']}, {model['layers']} layers, K = {model['layer_k']}, vocabulary "
+        f"Model: {model_name(model)}, text hidden {model['hidden']}, {model['layers']} layers, K = {model['layer_k']}, vocabulary "
         f"{model['vocab']}; {result['visual_tokens_per_image']} visual tokens per image, {result['generations']} "
         f"generations of {result['completion_tokens']} tokens, LoRA r {result['lora_r']}; {result['device']}, "
         f"{result['threads']} threads; medians of {arms['trl']['steps_timed']} steps per arm (seconds). Kept visual "
@@ -331,7 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 2 or args.rounds < 1 or not 0.0 < args.keep_ratio <= 1.0:
         p.error("--steps must be >= 2 (the first is a warm-up), --rounds >= 1 and --keep-ratio in (0, 1].")
     try:
-        shape_values(args)
+        check_spec(spec_from_args(args))
     except ValueError as err:
         p.error(str(err))
     return args

@@ -1,7 +1,6 @@
 """Build the benchmark models and inputs, and measure one arm (pruned or unpruned): time, KV length, peak memory.
 
-Qwen2.5-VL only, by design: the benchmarks scale a Qwen2.5-VL shape (M-RoPE sections, windowed vision blocks, 28 px
-per visual token), the family whose token count follows the image size.
+The model of a spec is built by its family (benchmarks/families.py: Qwen2.5-VL, Qwen3-VL or LLaVA-1.5).
 
 The two arms share every base weight tensor: "pruned" is the model with a glimpse attached (`add_glimpse`), "unpruned"
 is the stock transformers class holding the same tensors, so the baseline runs no glimpse code at all (it generates
@@ -25,12 +24,11 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from glimpserl.benchmarks.families import family_of
 from glimpserl.models import GlimpseConfig, add_glimpse
 from glimpserl.models.clock import StepClock
-from glimpserl.models.tiny import build_tiny_model, build_tiny_processor
 
 ARMS = ("unpruned", "pruned")
-PIXELS_PER_TOKEN = 28 * 28  # Qwen-VL: a 14 px patch, merged 2x2
 QUESTION = "What is written on the sign at the top left of the image? Answer with one word."
 
 
@@ -65,6 +63,8 @@ class ModelSpec:
     """Images in the prompt, each of `grid` / `visual_tokens` visual tokens."""
     shape: str | None = None
     """The published shape this spec was built from (benchmarks.shapes), if any."""
+    family: str = "qwen2_5_vl"
+    """The model type (benchmarks/families.py)."""
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -83,54 +83,10 @@ def closest_grid(visual_tokens: int) -> tuple[int, int]:
     return min(candidates)[2:]
 
 
-def _mrope_section(head_dim: int) -> list[int]:
-    """Qwen's (temporal, height, width) split of the head_dim/2 rotary frequencies, [16, 24, 24] at head_dim 128."""
-    half = head_dim // 2
-    return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-
-
-def _full_attention_blocks(depth: int) -> list[int]:
-    """Qwen2.5-VL's vision tower uses full attention in every 8th block (7, 15, 23, 31 of 32), windows elsewhere."""
-    return [i for i in range(depth) if i % 8 == 7] or [depth - 1]
-
-
-def base_config_kwargs(spec: ModelSpec) -> dict:
-    """The text / vision config entries of the benchmark's Qwen2.5-VL, beside the widths and depths
-    `build_tiny_model` takes (`text_layers`, `text_hidden`)."""
-    if spec.hidden % spec.heads or spec.heads % spec.kv_heads:
-        raise ValueError(f"hidden {spec.hidden} / heads {spec.heads} / kv heads {spec.kv_heads} do not divide.")
-    head_dim = spec.hidden // spec.heads
-    text_config = dict(
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        intermediate_size=spec.intermediate,
-        max_position_embeddings=128000,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _mrope_section(head_dim)},
-    )
-    vision_config = dict(
-        depth=spec.vision_layers,
-        hidden_size=spec.vision_hidden,
-        num_heads=spec.vision_heads,
-        intermediate_size=spec.vision_intermediate or spec.vision_hidden * 5 // 2,
-        fullatt_block_indexes=_full_attention_blocks(spec.vision_layers),
-    )
-    return dict(text_config=text_config, vision_config=vision_config, tie_word_embeddings=spec.tied)
-
-
 def _build_base(spec: ModelSpec, processor, device: torch.device):
-    """A random Qwen2.5-VL of the given shape (identical for identical specs), created on `device` in its dtype."""
-    return build_tiny_model(
-        "qwen2_5_vl",
-        seed=spec.seed,
-        vocab_size=spec.vocab,
-        text_layers=spec.layers,
-        text_hidden=spec.hidden,
-        tokenizer=processor,
-        attn_implementation=spec.attn,
-        device=device,
-        dtype=spec.torch_dtype,
-        **base_config_kwargs(spec),
-    )
+    """A random model of the spec's family and shape (identical for identical specs), created on `device` in its
+    dtype."""
+    return family_of(spec.family).build(spec, processor, device)
 
 
 def build_arm(spec: ModelSpec, processor, device: torch.device, arm: str, pruned=None):
@@ -151,15 +107,14 @@ def build_arm(spec: ModelSpec, processor, device: torch.device, arm: str, pruned
 
 
 def build_inputs(spec: ModelSpec, device: torch.device):
-    """(processor, inputs): `spec.images` images of `spec.grid` visual tokens each (default: a square of at least
-    `visual_tokens`) and a short question; pixel values in the model's dtype."""
-    side = math.ceil(math.sqrt(spec.visual_tokens))  # visual tokens per side; 28 px each
-    rows, cols = spec.grid or (side, side)
-    pixels = rows * cols * PIXELS_PER_TOKEN
-    processor = build_tiny_processor("qwen2_5_vl", min_pixels=min(pixels, 4 * PIXELS_PER_TOKEN), max_pixels=pixels)
+    """(processor, inputs): `spec.images` random images of the family's token grid for the spec (default: a square
+    of at least `visual_tokens`) and a short question; pixel values in the model's dtype."""
+    family = family_of(spec.family)
+    processor = family.processor(spec)
+    height, width = family.image_pixels(spec)
     g = torch.Generator().manual_seed(spec.seed)
     images = [
-        Image.fromarray(torch.randint(0, 256, (rows * 28, cols * 28, 3), generator=g, dtype=torch.uint8).numpy())
+        Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8).numpy())
         for _ in range(spec.images)
     ]
     content = [*({"type": "image"} for _ in images), {"type": "text", "text": QUESTION}]

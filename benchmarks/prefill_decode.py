@@ -1,11 +1,8 @@
 """Prefill and decode cost of glimpse pruning against the unpruned model, side by side, with the analytic bound.
 
-Qwen2.5-VL only, by design: the model, its image grid and the FLOP bound (benchmarks/flops.py) are Qwen2.5-VL's,
-the family whose token count follows the image size.
-
-One run builds a random Qwen2.5-VL-shaped model (default: text hidden 512, 12 layers, 8 heads / 2 KV heads, MLP
-2752 = Qwen2.5-VL-3B's 5.4x; an 8-block vision tower of width 128), one image of >= 2,048 visual tokens and a short
-question, and measures both arms on the same weights: "pruned" (glimpse at layer K, keeping int(keep_ratio * n)
+One run builds a random model of the --family (default Qwen2.5-VL) or of a published --shape (default: text hidden
+512, 12 layers, 8 heads / 2 KV heads, MLP 2752 = Qwen2.5-VL-3B's 5.4x; an 8-block vision tower of width 128), one
+image of >= 2,048 visual tokens and a short question, and measures both arms on the same weights: "pruned" (glimpse at layer K, keeping int(keep_ratio * n)
 visual tokens) and "unpruned" (the stock transformers model).
 
 - prefill: one forward with use_cache=True and logits_to_keep=1, vision encoder included (median over --repeats,
@@ -34,6 +31,7 @@ import torch
 
 from glimpserl.benchmarks import flops
 from glimpserl.benchmarks.arguments import add_model_arguments, shape_values
+from glimpserl.benchmarks.families import family_of, shapes_from_model
 from glimpserl.benchmarks.measure import (
     ARMS,
     ModelSpec,
@@ -69,10 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.new_tokens < 2 or args.repeats < 1 or not 0.0 < args.keep_ratio <= 1.0 or args.images < 1:
         p.error("--new-tokens must be >= 2, --repeats >= 1, --images >= 1 and --keep-ratio in (0, 1].")
     try:
-        shape_values(args)
+        check_spec(spec_from_args(args))
     except ValueError as err:
         p.error(str(err))
     return args
+
+
+def check_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec, if its family can build and feed it (e.g. LLaVA-1.5-7B's fixed 576 tokens); else ValueError."""
+    family_of(spec.family).grid(spec)
+    return spec
 
 
 def spec_from_args(args: argparse.Namespace, visual_tokens: int | None = None) -> ModelSpec:
@@ -102,6 +106,7 @@ def spec_from_args(args: argparse.Namespace, visual_tokens: int | None = None) -
         attn=args.attn,
         images=getattr(args, "images", 1),
         shape=args.shape,
+        family=shape["family"],
     )
 
 
@@ -142,8 +147,8 @@ def token_counts(models: dict, inputs: dict) -> dict:
 
 
 def analytic_flops(pruned_model, inputs: dict, counts: dict, layer: int) -> dict:
-    text, vision, vip = flops.shapes_from_model(pruned_model)
-    grid = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
+    text, vision, vip = shapes_from_model(pruned_model)
+    grid = family_of(pruned_model.config.model_type).image_grids(pruned_model.config, inputs)
     unpruned = flops.prefill_flops(text, vision, vip, grid, counts["text"])
     kept = [int(k) for k in counts["kept_per_image"]]
     pruned = flops.prefill_flops(text, vision, vip, grid, counts["text"], kept=kept, layer=layer)
@@ -176,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
     memory = None if args.no_memory else measure_memory(spec, models, inputs, args.new_tokens, args.threads)
     analytic = analytic_flops(pruned, inputs, counts, spec.layer_k)
     results = {
-        "model": {**dataclasses.asdict(spec), "family": "qwen2_5_vl"},
+        "model": dataclasses.asdict(spec),
         "device": device.type,
         "threads": args.threads,
         "new_tokens": args.new_tokens,

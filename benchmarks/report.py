@@ -13,9 +13,12 @@ def _fastest(unpruned: dict, pruned: dict, key: str) -> float:
 
 
 def model_name(model: dict) -> str:
-    """ "the qwen2_5_vl_7b shape (random weights)" for a published shape, else "Qwen2.5-VL-shaped"."""
+    """ "the qwen2_5_vl_7b shape (random weights)" for a published shape, else e.g. "Qwen2.5-VL-shaped"."""
+    from glimpserl.benchmarks.families import family_of
+
     shape = model.get("shape")
-    return f"the {shape} shape (random weights)" if shape else "Qwen2.5-VL-shaped"
+    label = family_of(model.get("family", "qwen2_5_vl")).label
+    return f"the {shape} shape (random weights)" if shape else f"{label}-shaped"
 
 
 def markdown_report(results: dict) -> str:

@@ -1,12 +1,10 @@
 """How the cost of visual-token pruning scales with the number of visual tokens: the glimpse and training-free
 pruners against the unpruned model, side by side, at several image sizes.
 
-Qwen2.5-VL only, by design: growing the image grows the visual tokens only in a dynamic-resolution family, and the
-FLOP bound models Qwen2.5-VL's vision tower.
-
-For each visual-token count n, the image is rows x cols tokens of 28x28 px with rows * cols closest to n
-(`measure.closest_grid`), and one random Qwen2.5-VL-shaped model (benchmarks.prefill_decode's shape flags) runs every
-arm on the same weights: "unpruned" (the stock model) and each pruner, all keeping the same int(keep_ratio * n) visual
+For each visual-token count n, the image is rows x cols visual tokens (28 px each for Qwen2.5-VL, 32 for Qwen3-VL)
+with rows * cols closest to n (`measure.closest_grid`); LLaVA's fixed-resolution tower sees a square image (its
+published shape only 24 x 24: more tokens per prompt come from --images). One random model of the family (the
+--family / --shape flags) runs every arm on the same weights: "unpruned" (the stock model) and each pruner, all keeping the same int(keep_ratio * n) visual
 tokens after layer K: "glimpse" (glimpse token + VIP, threshold 0 and a top-k cap) and the training-free selectors of
 glimpserl.models.baselines (the same pruned forward with `glimpse_pruner=`). Per arm, with its ratio to unpruned:
 prefill time, decode time per token, KV length after prefill (checked: text + kept), peak memory of one generate;
@@ -35,6 +33,7 @@ import torch
 
 from glimpserl.benchmarks import flops
 from glimpserl.benchmarks.arguments import add_bench_arguments, shape_values
+from glimpserl.benchmarks.families import family_of, shapes_from_model
 from glimpserl.benchmarks.measure import (
     ModelSpec,
     build_arm,
@@ -44,7 +43,7 @@ from glimpserl.benchmarks.measure import (
     peak_memory_subprocess,
     time_prefill,
 )
-from glimpserl.benchmarks.prefill_decode import TIME_KEYS, measure_times, spec_from_args
+from glimpserl.benchmarks.prefill_decode import TIME_KEYS, check_spec, measure_times, spec_from_args
 from glimpserl.benchmarks.report import model_name
 from glimpserl.models.baselines import TrainingFreePruner, usable_selectors
 
@@ -57,11 +56,12 @@ PANELS = (  # (JSON key, panel title, scale to the plotted unit)
 )
 
 
-def valid_pruners() -> tuple[str, ...]:
-    """The glimpse and the training-free selectors the Qwen2.5-VL family feeds (this benchmark's only family)."""
-    from glimpserl.models.qwen2_vl.adapter import Qwen2_5_VLAdapter
+def valid_pruners(family: str = "qwen2_5_vl") -> tuple[str, ...]:
+    """The glimpse and the training-free selectors `family` feeds whose selection work the FLOP counter counts."""
+    from glimpserl.models.adapter import adapter_for_type
 
-    return ("glimpse", *usable_selectors(Qwen2_5_VLAdapter.pruner_signals))
+    usable = usable_selectors(adapter_for_type(family).pruner_signals)
+    return ("glimpse", *(name for name in usable if name in flops.COUNTED_SELECTORS))
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -78,10 +78,12 @@ def check_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
     """(visual-token counts ascending, pruner names in the given order); bad values raise ValueError."""
     sizes = _int_list(args.visual_tokens, "--visual-tokens")
     pruners = list(dict.fromkeys(name.strip() for name in args.pruners.split(",") if name.strip()))
-    unknown = [name for name in pruners if name not in valid_pruners()]
+    family = shape_values(args)["family"]  # a flag beside --shape that it sets is an error
+    valid = valid_pruners(family)
+    unknown = [name for name in pruners if name not in valid]
     if unknown or not pruners:
         raise ValueError(
-            f"--pruners: unknown {unknown or 'empty list'}; valid: {', '.join(valid_pruners())} "
+            f"--pruners: unknown {unknown or 'empty list'}; valid for {family}: {', '.join(valid)} "
             f"({REFERENCE} is always measured)."
         )
     if not 0.0 < args.keep_ratio <= 1.0:
@@ -92,8 +94,15 @@ def check_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
         raise ValueError("--device cuda: no CUDA device is available.")
     if args.images < 1:
         raise ValueError(f"--images must be >= 1, got {args.images}.")
-    shape_values(args)  # a flag beside --shape that it sets is an error
+    for n in sizes:
+        check_spec(size_spec(spec_from_args(args), n))
     return sizes, pruners
+
+
+def size_spec(base: ModelSpec, visual_tokens: int) -> ModelSpec:
+    """The spec of one size: the closest grid in a dynamic-resolution family, a square image otherwise."""
+    grid = closest_grid(visual_tokens) if family_of(base.family).dynamic_resolution else None
+    return dataclasses.replace(base, visual_tokens=visual_tokens, grid=grid)
 
 
 def arm_kwargs(pruners: list[str], kept: int) -> dict[str, dict]:
@@ -121,8 +130,8 @@ def token_counts(models: dict, inputs: dict, kwargs: dict, kept: int) -> dict:
 
 def analytic_flops(pruned_model, inputs: dict, counts: dict, layer: int, pruners: list[str]) -> dict:
     """Per arm the analytic prefill FLOPs breakdown; docs/method.md's decoder-only bound under "simple_bound"."""
-    text, vision, vip = flops.shapes_from_model(pruned_model)
-    grid = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
+    text, vision, vip = shapes_from_model(pruned_model)
+    grid = family_of(pruned_model.config.model_type).image_grids(pruned_model.config, inputs)
     per_arm = {REFERENCE: flops.prefill_flops(text, vision, vip, grid, counts["text"]).to_dict()}
     for name in pruners:
         per_image = [counts["kept"] // len(grid)] * len(grid)  # every image has the same size and budget
@@ -182,7 +191,7 @@ def measure_size(args: argparse.Namespace, spec: ModelSpec, pruners: list[str], 
         result["ratios"] = _ratios(result, arms[REFERENCE])
     tokens = {k: v for k, v in counts.items() if k != "kv_length"}
     return {
-        "requested": spec.visual_tokens, "grid": list(spec.grid), "images": spec.images, **tokens, **analytic,
+        "requested": spec.visual_tokens, "grid": list(family_of(spec.family).grid(spec)), "images": spec.images, **tokens, **analytic,
         "arms": arms,
     }  # fmt: skip
 
@@ -197,7 +206,7 @@ def run(args: argparse.Namespace, on_size: Callable[[dict], None] | None = None)
     torch.set_num_threads(args.threads)
     base = spec_from_args(args, visual_tokens=sizes[0])
     results = {
-        "model": {**dataclasses.asdict(base), "family": "qwen2_5_vl", "visual_tokens": sizes, "grid": None},
+        "model": {**dataclasses.asdict(base), "visual_tokens": sizes, "grid": None},
         "device": device.type,
         "threads": args.threads,
         "new_tokens": args.new_tokens,
@@ -207,8 +216,9 @@ def run(args: argparse.Namespace, on_size: Callable[[dict], None] | None = None)
         "sizes": [],
     }
     for n in sizes:
-        spec = dataclasses.replace(base, visual_tokens=n, grid=closest_grid(n))
-        print(f"bench: {n} visual tokens, grid {spec.grid[0]}x{spec.grid[1]}", file=sys.stderr, flush=True)
+        spec = size_spec(base, n)
+        rows, cols = family_of(spec.family).grid(spec)
+        print(f"bench: {n} visual tokens, grid {rows}x{cols}", file=sys.stderr, flush=True)
         results["sizes"].append(measure_size(args, spec, pruners, device))
         gc.collect()
         if on_size is not None:

@@ -20,16 +20,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import statistics
 import time
 
 import datasets
 import torch
 
-from glimpserl.benchmarks.arguments import add_model_arguments, shape_values
-from glimpserl.benchmarks.measure import PIXELS_PER_TOKEN, build_arm, sync
-from glimpserl.benchmarks.prefill_decode import spec_from_args
+from glimpserl.benchmarks.arguments import add_model_arguments
+from glimpserl.benchmarks.families import family_of
+from glimpserl.benchmarks.measure import build_arm, sync
+from glimpserl.benchmarks.prefill_decode import check_spec, spec_from_args
+from glimpserl.benchmarks.report import model_name
 
 QWEN_VOCAB = 151_936
 
@@ -48,7 +49,6 @@ def _batch(processor, size: int, n: int):
 
 def run(args: argparse.Namespace) -> dict:
     from ..models import GlimpseConfig, add_glimpse
-    from ..models.tiny import build_tiny_processor
     from ..rl.config.stages import VIPTrainingConfig
     from ..rl.data.collate import model_inputs
     from ..rl.trainers.vip import VIPTrainer, freeze_all_but_glimpse
@@ -58,12 +58,11 @@ def run(args: argparse.Namespace) -> dict:
     )
     torch.set_num_threads(args.threads)
     spec = spec_from_args(args)
-    side = math.ceil(math.sqrt(args.visual_tokens))  # visual tokens per image side, 28 px each
-    pixels = side * side * PIXELS_PER_TOKEN
-    processor = build_tiny_processor("qwen2_5_vl", min_pixels=pixels, max_pixels=pixels)
+    family = family_of(spec.family)
+    processor = family.processor(spec)
+    size = family.image_pixels(spec)[0]  # a square image
     batch = {
-        k: v.to(device) if isinstance(v, torch.Tensor) else v
-        for k, v in _batch(processor, side * 28, args.batch).items()
+        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in _batch(processor, size, args.batch).items()
     }
     inputs = model_inputs(batch)
     model = add_glimpse(build_arm(spec, processor, device, "unpruned"), GlimpseConfig(layer=spec.layer_k))
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     med = {name: statistics.median(t) for name, t in times.items()}
     visual = int((batch["input_ids"] == model.config.image_token_id).sum()) // args.batch
     return {
-        "model": {**dataclasses.asdict(spec), "family": "qwen2_5_vl"},
+        "model": dataclasses.asdict(spec),
         "device": device.type,
         "threads": args.threads,
         "batch": args.batch,
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.set_defaults(keep_ratio=1.0)  # the model spec's; stage 1 learns the mask, it keeps no fixed share
     args = parser.parse_args(argv)
     try:
-        shape_values(args)
+        check_spec(spec_from_args(args))
     except ValueError as err:
         parser.error(str(err))
     result = run(args)
@@ -135,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"| ratio stage-1 / plain | {result['ratio']:.2f} |")
     model = result["model"]
     print(
-        f"batch {result['batch']}, {result['visual_tokens_per_image']} visual tokens per image; text hidden "
+        f"{model_name(result['model'])}; batch {result['batch']}, {result['visual_tokens_per_image']} visual tokens "
+        "per image; text hidden "
         f"{model['hidden']}, {model['layers']} layers, K = {model['layer_k']}, vocabulary {model['vocab']}; "
         f"{result['device']}, {result['threads']} threads"
     )

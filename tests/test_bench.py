@@ -12,7 +12,8 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from glimpserl.benchmarks import flops
-from glimpserl.benchmarks.arguments import BENCH_PRUNERS
+from glimpserl.benchmarks.arguments import BENCH_PRUNERS, FAMILIES
+from glimpserl.benchmarks.families import family_of, shapes_from_model
 from glimpserl.benchmarks.measure import ModelSpec, build_arm, build_inputs, closest_grid, time_prefill
 from glimpserl.benchmarks.scaling import arm_kwargs, valid_pruners
 from glimpserl.cli import main
@@ -48,14 +49,15 @@ def test_bench_smoke_writes_every_arm_and_size(tmp_path, capsys):
         assert size["arms"]["glimpse"]["flops"]["vip"] > 0 and size["arms"]["random"]["flops"]["selection"] == 0
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("pruner", ["gprune", "fastv", "divprune", "random"])
-def test_training_free_count_equals_the_flops_torch_executes(pruner):
-    spec = ModelSpec(64, 4, 4, 2, 320, 2, 32, 4, 2, visual_tokens=100, keep_ratio=0.1, grid=(10, 10))
+def test_training_free_count_equals_the_flops_torch_executes(pruner, family):
+    spec = ModelSpec(64, 4, 4, 2, 320, 2, 32, 4, 2, visual_tokens=100, keep_ratio=0.1, grid=(10, 10), family=family)
     processor, inputs = build_inputs(spec, torch.device("cpu"))
     model = build_arm(spec, processor, torch.device("cpu"), "pruned").requires_grad_(False)
-    text, vision, _ = flops.shapes_from_model(model)
+    text, vision, _ = shapes_from_model(model)
     prompt = inputs["input_ids"].shape[1]
-    grid = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
+    grid = family_of(family).image_grids(model.config, inputs)
     expected = flops.prefill_flops(
         text, vision, None, grid, prompt - 100, kept=[10], layer=spec.layer_k, pruner=pruner
     )
@@ -69,8 +71,9 @@ def test_training_free_count_equals_the_flops_torch_executes(pruner):
     assert counter.get_total_flops() == pytest.approx(expected.total, rel=1e-6)
 
 
-def test_help_lists_the_pruners_the_registry_allows():
-    assert valid_pruners() == BENCH_PRUNERS
+@pytest.mark.parametrize("family", FAMILIES)
+def test_help_lists_the_pruners_the_registry_allows(family):
+    assert valid_pruners(family) == BENCH_PRUNERS
 
 
 def test_closest_grid():
@@ -82,7 +85,7 @@ def test_closest_grid():
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--pruners", "glimpse,nope", "valid: glimpse, cdpruner, divprune, fastv, gprune, random"),
+        ("--pruners", "glimpse,nope", "valid for qwen2_5_vl: glimpse, cdpruner, divprune, fastv, gprune, random"),
         ("--pruners", "visionzip", "unknown ['visionzip']"),
         ("--keep-ratio", "0", "--keep-ratio must be in (0, 1]"),
         ("--keep-ratio", "1.5", "--keep-ratio must be in (0, 1]"),

@@ -11,6 +11,8 @@ from helpers import cpu_sdpa_flops
 from torch.utils.flop_counter import FlopCounterMode
 
 from glimpserl.benchmarks import flops
+from glimpserl.benchmarks.arguments import FAMILIES
+from glimpserl.benchmarks.families import family_of
 from glimpserl.benchmarks.measure import ARMS, ModelSpec, build_arm, build_inputs, time_prefill
 from glimpserl.benchmarks.prefill_decode import analytic_flops, main, token_counts
 
@@ -33,7 +35,7 @@ def test_decoder_layer_count_by_hand():
 
 
 def test_keep_all_costs_more_than_unpruned_by_exactly_the_glimpse_and_vip():
-    vision = flops.VisionShape(32, 4, 2, 64, 8, 1176, 2, 4, (3,))
+    vision = flops.VisionShape(32, 4, 2, 64, 1176, 2, 4, (3,), merger=((128, 128), (128, 8)))
     vip = flops.VIPShape(hidden=16, intermediate=32, blocks=2, readout_heads=2, vision_size=32)
     grid = [(1, 8, 12)]  # 24 visual tokens
     unpruned = flops.prefill_flops(TEXT, vision, vip, grid, text_tokens=10)
@@ -51,8 +53,11 @@ def test_simple_bound():
     assert flops.simple_bound(layer=2, layers=3, kept_plus_text=5, all_tokens=100) == 1.0
 
 
-def test_analytic_count_equals_the_flops_torch_executes():
-    spec = ModelSpec(64, 4, 4, 2, 320, 2, 32, 8, 2, visual_tokens=300, keep_ratio=0.25)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_analytic_count_equals_the_flops_torch_executes(family):
+    """Every benchmarked family's vision tower (windowed / full, gated / 2-linear MLP, CLS token, DeepStack
+    mergers, projector), decoder, glimpse and VIP, counted by hand, against what torch executes."""
+    spec = ModelSpec(64, 4, 4, 2, 320, 2, 32, 8, 2, visual_tokens=300, keep_ratio=0.25, family=family)
     device = torch.device("cpu")
     processor, inputs = build_inputs(spec, device)
     pruned = build_arm(spec, processor, device, "pruned")
@@ -68,9 +73,12 @@ def test_analytic_count_equals_the_flops_torch_executes():
 
 
 @pytest.mark.slow
-def test_benchmark_smoke(tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_benchmark_smoke(tmp_path, family, capsys):
     out = tmp_path / "bench.json"
-    results = main([*TINY_ARGS, "--new-tokens", "2", "--repeats", "1", "--threads", "1", "--json", str(out)])
+    args = [*TINY_ARGS, "--family", family, "--new-tokens", "2", "--repeats", "1", "--threads", "1"]
+    results = main([*args, "--json", str(out)])
+    assert f"Model: {family_of(family).label}-shaped," in capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["tokens"] == results["tokens"]
     tokens = saved["tokens"]

@@ -8,17 +8,21 @@ import json
 import pytest
 
 from glimpserl.benchmarks import grpo_step, stage1_step
+from glimpserl.benchmarks.arguments import FAMILIES
 
 TINY = ["--hidden", "64", "--layers", "4", "--heads", "4", "--vision-hidden", "32", "--vision-layers", "4"]
 TINY += ["--visual-tokens", "64", "--vocab", "2048", "--threads", "1"]
 
 
 @pytest.mark.slow
-def test_grpo_step_benchmark_reports_every_arm_with_its_split_and_memory(tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grpo_step_benchmark_reports_every_arm_with_its_split_and_memory(tmp_path, family):
     out = tmp_path / "grpo.json"
-    grpo_step.main([*TINY, "--completion-tokens", "16", "--steps", "2", "--rounds", "1", "--json", str(out)])
+    args = [*TINY, "--family", family, "--completion-tokens", "16", "--steps", "2", "--rounds", "1"]
+    grpo_step.main([*args, "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["visual_tokens_per_image"] == 64 and saved["model"]["vocab"] == 2048
+    assert saved["model"]["family"] == family
     arms = saved["arms"]
     assert list(arms) == list(grpo_step.ARMS)
     for arm in arms.values():

@@ -29,6 +29,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from ..random_init import instantiate
 from ..tiny_text import tiny_corpus
 
 IMAGE_SIZE = 112
@@ -149,26 +150,26 @@ def build_tiny_model(
     image_size: int = IMAGE_SIZE,
     attn_implementation: str = "sdpa",
     tokenizer=None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
     **overrides,
 ) -> LlavaForConditionalGeneration:
     """A random-init fp32 LLaVA (~1.2M params at the defaults), identical for identical arguments.
 
     Token ids (image, bos, eos, pad) come from `tokenizer` (a tokenizer or a processor; default: the tiny one).
     `overrides` go to the top-level config; `text_config={...}` / `vision_config={...}` update the sub-configs.
+    `device` / `dtype`: where and in what the weights are created (the benchmarks' published shape is built
+    directly on a GPU in bfloat16).
     """
     tokenizer = build_tiny_tokenizer() if tokenizer is None else getattr(tokenizer, "tokenizer", tokenizer)
     vocab_size = len(tokenizer) if vocab_size is None else vocab_size
     config = _tiny_config(tokenizer, vocab_size, text_layers, text_hidden, vision_layers, image_size, dict(overrides))
-    config._attn_implementation = attn_implementation
-    # A private RNG stream: the same seed gives the same weights without disturbing the caller's torch RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).to(torch.float32)
+    model = instantiate(LlavaForConditionalGeneration, config, seed, attn_implementation, device, dtype)
     text = config.text_config
     model.generation_config = GenerationConfig(
         eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id, bos_token_id=text.bos_token_id
     )
-    return model.eval()
+    return model
 
 
 def save_tiny(out_dir: str | pathlib.Path, seed: int = 0, **kw) -> pathlib.Path:

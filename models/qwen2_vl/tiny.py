@@ -36,6 +36,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
+from ..random_init import instantiate
 from ..tiny_text import tiny_corpus
 
 FAMILIES = {
@@ -342,24 +343,15 @@ def token_ids(tokenizer, vocab_size: int | None, real_processor) -> tuple[dict[s
 def build_from_config(
     model_cls, config, ids: dict[str, int], seed: int, attn_implementation: str, device=None, dtype=torch.float32
 ):
-    """`model_cls(config)` in eval mode, created on `device` (default CPU) in `dtype`, its weights drawn from `seed` on
-    a private RNG stream (the same seed gives the same weights without disturbing the caller's CPU RNG), with Qwen's
-    generation ids."""
-    config._attn_implementation = attn_implementation
-    previous = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
-        torch.manual_seed(seed)
-        torch.set_default_dtype(dtype)
-        try:
-            model = model_cls(config)  # buffers computed in fp32 (rotary frequencies) stay so, as from_pretrained's
-        finally:
-            torch.set_default_dtype(previous)
+    """`model_cls(config)` in eval mode (see `random_init.instantiate`: on `device`, in `dtype`, weights drawn from
+    `seed` on a private RNG stream), with Qwen's generation ids."""
+    model = instantiate(model_cls, config, seed, attn_implementation, device, dtype)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
         bos_token_id=ids["<|endoftext|>"],
     )
-    return model.eval()
+    return model
 
 
 def save_tiny(out_dir: str | pathlib.Path, family: str = "qwen2_5_vl", seed: int = 0, **kw) -> pathlib.Path:

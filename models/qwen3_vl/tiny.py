@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import torch
 from transformers import (
     AutoProcessor,
     PreTrainedConfig,
@@ -176,17 +177,20 @@ def build_tiny_model(
     text_hidden: int = 128,
     attn_implementation: str = "sdpa",
     tokenizer=None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
     **overrides,
 ) -> Qwen3VLForConditionalGeneration:
     """A random-init fp32 Qwen3-VL (~1M params at the defaults), identical for identical arguments.
 
     Token ids come from `tokenizer` (a tokenizer or a processor); without one, a `vocab_size` that holds Qwen's real
     ids selects Qwen3's real tokenizer, anything else the tiny one. `overrides` go to the top-level config;
-    `text_config={...}` / `vision_config={...}` update the sub-configs.
+    `text_config={...}` / `vision_config={...}` update the sub-configs. `device` / `dtype`: where and in what the
+    weights are created (the benchmarks' published shapes are built directly on a GPU in bfloat16).
     """
     ids, vocab_size = token_ids(tokenizer, vocab_size, build_real_qwen3_processor)
     config = _tiny_config(ids, vocab_size, text_layers, text_hidden, dict(overrides))
-    return build_from_config(Qwen3VLForConditionalGeneration, config, ids, seed, attn_implementation)
+    return build_from_config(Qwen3VLForConditionalGeneration, config, ids, seed, attn_implementation, device, dtype)
 
 
 def save_tiny(out_dir: str | pathlib.Path, seed: int = 0, **kw) -> pathlib.Path:
