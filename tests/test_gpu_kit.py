@@ -164,3 +164,12 @@ def test_the_gpu_command_runs_end_to_end_at_a_tiny_shape_on_cpu(tmp_path):
         "generation_kv", "log_probs", "backward",
     }  # fmt: skip
     assert "## Several images in one prompt" in markdown and "Best case per phase" in markdown
+
+
+@pytest.mark.parametrize("name", sorted(shapes.SHAPES))
+def test_each_preset_prunes_at_its_recipes_layer(name):
+    """A preset's K is the glimpse layer its GPU recipe trains (recipes/<name>/vip.yaml)."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / name / "vip.yaml").read_text())
+    assert recipe["glimpse_layer"] == shapes.SHAPES[name].layer_k
