@@ -114,31 +114,45 @@ class Qwen2_5_VL(BenchFamily):
             },
         )
 
+    def vision_config(self, spec) -> dict:
+        # full attention in every 8th block (7, 15, 23, 31 of 32), windows elsewhere
+        full = [i for i in range(spec.vision_layers) if i % 8 == 7] or [spec.vision_layers - 1]
+        return {**_qwen_vision_dims(spec), "fullatt_block_indexes": full}
+
     def config_kwargs(self, spec) -> dict:
-        vision = dict(
-            depth=spec.vision_layers,
-            hidden_size=spec.vision_hidden,
-            num_heads=spec.vision_heads,
-            intermediate_size=spec.vision_intermediate or spec.vision_hidden * 5 // 2,
-            # full attention in every 8th block (7, 15, 23, 31 of 32), windows elsewhere
-            fullatt_block_indexes=[i for i in range(spec.vision_layers) if i % 8 == 7] or [spec.vision_layers - 1],
+        return dict(
+            text_config=self.text_config(spec), vision_config=self.vision_config(spec), tie_word_embeddings=spec.tied
         )
-        return dict(text_config=self.text_config(spec), vision_config=vision, tie_word_embeddings=spec.tied)
 
     def vision_shape(self, config) -> flops.VisionShape:
         v = config.vision_config
-        merged = v.spatial_merge_size**2 * v.hidden_size
-        return flops.VisionShape(
-            hidden=v.hidden_size,
-            depth=v.depth,
-            heads=v.num_heads,
-            intermediate=v.intermediate_size,
-            patch_volume=v.in_channels * v.temporal_patch_size * v.patch_size**2,
-            merge=v.spatial_merge_size,
-            window=v.window_size // v.spatial_merge_size // v.patch_size,
-            full_blocks=tuple(v.fullatt_block_indexes),
-            merger=((merged, merged), (merged, v.out_hidden_size)),
-        )
+        window = v.window_size // v.spatial_merge_size // v.patch_size
+        return _qwen_vision_shape(v, window=window, full_blocks=tuple(v.fullatt_block_indexes))
+
+
+def _qwen_vision_dims(spec) -> dict:
+    return dict(
+        depth=spec.vision_layers,
+        hidden_size=spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        intermediate_size=spec.vision_intermediate or spec.vision_hidden * 5 // 2,
+    )
+
+
+def _qwen_vision_shape(v, **family) -> flops.VisionShape:
+    """A Qwen-VL vision tower's shape: a patch embedding over (temporal, height, width) patches, then a 2-linear
+    merger on each 2x2 group of patches; `family` sets the rest (windows, MLP, DeepStack mergers)."""
+    merged = v.spatial_merge_size**2 * v.hidden_size
+    return flops.VisionShape(
+        hidden=v.hidden_size,
+        depth=v.depth,
+        heads=v.num_heads,
+        intermediate=v.intermediate_size,
+        patch_volume=v.in_channels * v.temporal_patch_size * v.patch_size**2,
+        merge=v.spatial_merge_size,
+        merger=((merged, merged), (merged, v.out_hidden_size)),
+        **family,
+    )
 
 
 def deepstack_blocks(depth: int) -> list[int]:
@@ -157,34 +171,18 @@ class Qwen3_VL(Qwen2_5_VL):
         text["rope_parameters"]["mrope_interleaved"] = True
         return {**text, "head_dim": spec.hidden // spec.heads}
 
-    def config_kwargs(self, spec) -> dict:
-        vision = dict(
-            depth=spec.vision_layers,
-            hidden_size=spec.vision_hidden,
-            num_heads=spec.vision_heads,
-            intermediate_size=spec.vision_intermediate or spec.vision_hidden * 5 // 2,
+    def vision_config(self, spec) -> dict:
+        return dict(
+            **_qwen_vision_dims(spec),
             out_hidden_size=spec.hidden,
             num_position_embeddings=self.position_embeddings,
             deepstack_visual_indexes=deepstack_blocks(spec.vision_layers),
         )
-        return dict(text_config=self.text_config(spec), vision_config=vision, tie_word_embeddings=spec.tied)
 
     def vision_shape(self, config) -> flops.VisionShape:
         v = config.vision_config
-        merged = v.spatial_merge_size**2 * v.hidden_size
-        return flops.VisionShape(
-            hidden=v.hidden_size,
-            depth=v.depth,
-            heads=v.num_heads,
-            intermediate=v.intermediate_size,
-            patch_volume=v.in_channels * v.temporal_patch_size * v.patch_size**2,
-            merge=v.spatial_merge_size,
-            window=None,
-            full_blocks=(),
-            merger=((merged, merged), (merged, v.out_hidden_size)),
-            mergers=1 + len(v.deepstack_visual_indexes),
-            mlp_linears=2,
-        )
+        mergers = 1 + len(v.deepstack_visual_indexes)
+        return _qwen_vision_shape(v, window=None, full_blocks=(), mergers=mergers, mlp_linears=2)
 
 
 class LLaVA(BenchFamily):
