@@ -17,7 +17,8 @@ For each task this command reruns the method on its model and writes one table:
    for contrast;
 2. stage 2, GlimpsePrune+ (RECIPES/grpo.yaml, starting from the box-supervised glimpse);
 3. every arm on the test split: unpruned; GlimpsePrune at its deployment threshold and at other operating points
-   (thresholds calibrated on the validation split to other keep ratios); KL-only GlimpsePrune; GlimpsePrune+;
+   (thresholds calibrated on the validation split to other keep ratios, and to GlimpsePrune+'s validation keep, so
+   the two stages meet at one budget); KL-only GlimpsePrune; GlimpsePrune+;
    (a) every training-free pruner at the glimpse's layer K and at its keep ratio and two others; (b) each at its
    native operating point (G-Prune, DivPrune, CDPruner before the language model, FastV after layer 0,
    downsampling on smaller images);
@@ -49,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from glimpserl.benchmarks.fidelity_report import markdown_report, plot, summary_lines
+from glimpserl.benchmarks.fidelity_report import AT_PLUS, markdown_report, plot, summary_lines
 from glimpserl.rl.data.synth import places
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -159,6 +160,15 @@ def validation_samples(run: Path, calibration: dict, batch_size: int):
     return samples
 
 
+def validation_keep(model, processor, samples, batch_size: int) -> float:
+    """Mean keep ratio of the model's glimpse at its own threshold on `samples` (validation rows): the keep decision
+    is made on the prompt, so no answer is generated."""
+    from glimpserl.models import glimpse_module
+    from glimpserl.rl.eval.glimpse import mean_keep_ratio, prompt_vip_logits
+
+    return mean_keep_ratio(prompt_vip_logits(model, processor, samples, batch_size), glimpse_module(model).config)
+
+
 def _prior(run: Path, samples) -> float:
     """Exact match of answering each test row with its question's most frequent training answer (no image)."""
     from glimpserl.rl.data import DataConfig, load_vqa
@@ -244,6 +254,11 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
                 spec = f"{name}@{NATIVE[name]}"
                 evaluator.run(model, processor, pruner_setup(spec, keep, seed=0), spec, name, NATIVE[name])
     plus_model = load_eval_model(_run_settings(plus, args.batch_size, args.eval_rows))
+    # Stage 1 at GlimpsePrune+'s budget: the threshold whose validation keep equals GlimpsePrune+'s validation keep.
+    summary["plus_val_keep"] = validation_keep(*plus_model, val, args.batch_size)
+    point = calibrate_threshold(model, processor, val, summary["plus_val_keep"], batch_size=args.batch_size)
+    label = f"{AT_PLUS} {summary['plus_val_keep']:.3f}"
+    evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse", str(k), point["threshold"])
     if task.one_region:
         summary["one_region"] = one_region(model, processor, evaluator, task.one_region, str(k), plus_model)
         summary["one_region"]["region_share"] = task.region_share

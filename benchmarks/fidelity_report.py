@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+AT_PLUS = "GlimpsePrune @ GlimpsePrune+'s val keep"
+"""The label of stage 1 at GlimpsePrune+'s budget (its threshold calibrated to GlimpsePrune+'s validation keep)."""
+
 
 def _groups(rows: list[dict]) -> list[str]:
     """The question kinds of the task, in the order the unpruned row lists them."""
@@ -119,6 +122,13 @@ def summary_lines(report: dict) -> list[str]:
                 f"{label}: exact match {row['metric']:.3f} keeping {row['keep_ratio']:.3f}, box recall "
                 f"{_cell(row['box_recall'], '{:.3f}')} (box-supervised: {_cell(glimpse['box_recall'], '{:.3f}')})"
             )
+    plus, at_plus = _pick(rows, "GlimpsePrune+"), next((r for r in rows if r["label"].startswith(AT_PLUS)), None)
+    if plus is not None and at_plus is not None:
+        lines.append(
+            f"at GlimpsePrune+'s budget (validation keep {report['plus_val_keep']:.3f}): GlimpsePrune+ "
+            f"{plus['metric']:.3f} keeping {plus['keep_ratio']:.3f}, stage 1 {at_plus['metric']:.3f} keeping "
+            f"{at_plus['keep_ratio']:.3f}"
+        )
     sweep = [r for r in rows if r["family"] in ("glimpse-k", "glimpse-plus-k")]
     for row in sweep:
         lines.append(

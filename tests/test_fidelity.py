@@ -7,6 +7,7 @@ import json
 import pytest
 
 from glimpserl.benchmarks import fidelity
+from glimpserl.benchmarks.fidelity_report import AT_PLUS
 
 
 @pytest.mark.slow
@@ -30,6 +31,10 @@ def _check_task(name: str, report: dict, work) -> None:
     labels = [row["label"] for row in report["rows"]]
     assert labels[:2] == ["unpruned", "GlimpsePrune"]
     assert {"GlimpsePrune (KL only)", "GlimpsePrune+", "gprune@input", "fastv@0", "cdpruner@input"} <= set(labels)
+    # Stage 1 at GlimpsePrune+'s budget: calibrated to GlimpsePrune+'s keep on the validation rows.
+    at_plus = [row for row in report["rows"] if row["label"].startswith(AT_PLUS)]
+    assert len(at_plus) == 1 and at_plus[0]["family"] == "glimpse" and 0 < report["plus_val_keep"] <= 1
+    assert at_plus[0]["label"] == f"{AT_PLUS} {report['plus_val_keep']:.3f}"
     for pruner in ("gprune", "fastv", "divprune", "cdpruner", "random", "downsample"):
         assert sum(row["family"] == pruner and row["layer"] != "input" for row in report["rows"]) >= 3, pruner
     assert report["test_rows"] == 16
@@ -89,7 +94,13 @@ def test_one_region_lines_and_table_by_hand():
     rows.append(row("GlimpsePrune+", 0.6, 0.1, {}))
     rows[1]["keep_ratio_by_group"] = {"colour": 0.05, "majority": 0.4}
     rows[2]["keep_ratio_by_group"] = {"colour": 0.03, "majority": 0.3}
-    text = "\n".join(summary_lines({"rows": rows, "layer": 1, "one_region": part, "wall_seconds": 60}))
+    rows.append({**row(f"{AT_PLUS} 0.110", 0.4, 0.11, {}), "family": "glimpse"})
+    report = {"rows": rows, "layer": 1, "one_region": part, "wall_seconds": 60, "plus_val_keep": 0.11}
+    text = "\n".join(summary_lines(report))
+    assert (
+        "at GlimpsePrune+'s budget (validation keep 0.110): GlimpsePrune+ 0.600 keeping 0.100, stage 1 0.400 keeping "
+        "0.110" in text
+    )
     assert "GlimpsePrune keeps 0.400 on majority and 0.050 on one-region questions (8.0x)" in text
     assert "GlimpsePrune+ keeps 0.300 on majority and 0.030 on one-region questions (10.0x)" in text
     assert "GlimpsePrune 0.100 at keep 0.050; at the same keep and layer: divprune 0.800\n" in text
