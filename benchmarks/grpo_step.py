@@ -288,9 +288,10 @@ def markdown_report(result: dict) -> str:
     model = result["model"]
     lines.append(
         f"\nSample mode / deterministic (keep {model['keep_ratio']:.0%}): {ratios['sample_over_pruned']:.2f}. "
-        f"Model: {model_name(model)}, text hidden {model['hidden']}, {model['layers']} layers, K = {model['layer_k']}, vocabulary "
-        f"{model['vocab']}; {result['visual_tokens_per_image']} visual tokens per image, {result['generations']} "
-        f"generations of {result['completion_tokens']} tokens, LoRA r {result['lora_r']}; {result['device']}, "
+        f"Model: {model_name(model)}, text hidden {model['hidden']}, {model['layers']} layers, K = "
+        f"{model['layer_k']}, vocabulary {model['vocab']}; {result['visual_tokens_per_image']} visual tokens per "
+        f"image, {result['generations']} generations of {result['completion_tokens']} tokens, LoRA r "
+        f"{result['lora_r']}; {result['device']}, "
         f"{result['threads']} threads; medians of {arms['trl']['steps_timed']} steps per arm (seconds). Kept visual "
         f"tokens per rollout: " + ", ".join(f"{arm} {arms[arm]['kept_tokens']:.0f}" for arm in ARMS[1:]) + "."
     )

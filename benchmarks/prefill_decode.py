@@ -2,8 +2,8 @@
 
 One run builds a random model of the --family (default Qwen2.5-VL) or of a published --shape (default: text hidden
 512, 12 layers, 8 heads / 2 KV heads, MLP 2752 = Qwen2.5-VL-3B's 5.4x; an 8-block vision tower of width 128), one
-image of >= 2,048 visual tokens and a short question, and measures both arms on the same weights: "pruned" (glimpse at layer K, keeping int(keep_ratio * n)
-visual tokens) and "unpruned" (the stock transformers model).
+image of >= 2,048 visual tokens and a short question, and measures both arms on the same weights: "pruned" (glimpse
+at layer K, keeping int(keep_ratio * n) visual tokens) and "unpruned" (the stock transformers model).
 
 - prefill: one forward with use_cache=True and logits_to_keep=1, vision encoder included (median over --repeats,
   the arms interleaved and alternated, after one warm-up of each arm);

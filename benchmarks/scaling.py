@@ -1,15 +1,15 @@
 """How the cost of visual-token pruning scales with the number of visual tokens: the glimpse and training-free
 pruners against the unpruned model, side by side, at several image sizes.
 
-For each visual-token count n, the image is rows x cols visual tokens (28 px each for Qwen2.5-VL, 32 for Qwen3-VL)
-with rows * cols closest to n (`measure.closest_grid`); LLaVA's fixed-resolution tower sees a square image (its
-published shape only 24 x 24: more tokens per prompt come from --images). One random model of the family (the
---family / --shape flags) runs every arm on the same weights: "unpruned" (the stock model) and each pruner, all keeping the same int(keep_ratio * n) visual
-tokens after layer K: "glimpse" (glimpse token + VIP, threshold 0 and a top-k cap) and the training-free selectors of
-glimpserl.models.baselines (the same pruned forward with `glimpse_pruner=`). Per arm, with its ratio to unpruned:
-prefill time, decode time per token, KV length after prefill (checked: text + kept), peak memory of one generate;
-beside them the analytic prefill FLOPs ratio (benchmarks/flops.py; the glimpse arm counts the glimpse token and the
-VIP, the training-free arms their own selection work). Timing (medians, arms interleaved) and memory (CUDA
+For each visual-token count n, the image is rows x cols visual tokens (28 px each for Qwen2.5-VL, 32 for Qwen3-VL) with
+rows * cols closest to n (`measure.closest_grid`); LLaVA's fixed-resolution tower sees a square image (its published
+shape only 24 x 24: more tokens per prompt come from --images). One random model of the family (the --family / --shape
+flags) runs every arm on the same weights: "unpruned" (the stock model) and each pruner, all keeping the same
+int(keep_ratio * n) visual tokens after layer K: "glimpse" (glimpse token + VIP, threshold 0 and a top-k cap) and the
+training-free selectors of glimpserl.models.baselines (the same pruned forward with `glimpse_pruner=`). Per arm, with
+its ratio to unpruned: prefill time, decode time per token, KV length after prefill (checked: text + kept), peak memory
+of one generate; beside them the analytic prefill FLOPs ratio (benchmarks/flops.py; the glimpse arm counts the glimpse
+token and the VIP, the training-free arms their own selection work). Timing (medians, arms interleaved) and memory (CUDA
 allocator, or the torch profiler in a fresh process per arm on a CPU) are benchmarks.prefill_decode's.
 
 Writes scaling.json, scaling.md (the table) and scaling.png (one panel per cost) into --out-dir; prints the table.
@@ -190,9 +190,9 @@ def measure_size(args: argparse.Namespace, spec: ModelSpec, pruners: list[str], 
     for result in arms.values():
         result["ratios"] = _ratios(result, arms[REFERENCE])
     tokens = {k: v for k, v in counts.items() if k != "kv_length"}
+    grid = list(family_of(spec.family).grid(spec))
     return {
-        "requested": spec.visual_tokens, "grid": list(family_of(spec.family).grid(spec)), "images": spec.images, **tokens, **analytic,
-        "arms": arms,
+        "requested": spec.visual_tokens, "grid": grid, "images": spec.images, **tokens, **analytic, "arms": arms,
     }  # fmt: skip
 
 
