@@ -11,8 +11,10 @@ image of >= --visual-tokens visual tokens each and a short answer.
 Arms (interleaved, median of `repeats` after a warm-up):
 - plain: the vanilla model, forward + backward of the answer cross-entropy with every parameter trainable
   (what one SFT step of the same batch costs);
-- stage 1: the VIP trainer's loss (teacher forward without grad + masked-mode student forward + backward into
-  the glimpse and VIP only).
+- stage 1: the VIP trainer's loss (masked-mode student forward with the unpruned teacher computed inside it, from
+  the student's vision encoder call and prompt layers 0..K, + backward into the glimpse and VIP only);
+- stage 1, separate teacher (`--teacher_forward separate`): the same loss with the teacher as a second, vanilla
+  forward of the whole model, what the shared teacher saves.
 """
 
 from __future__ import annotations
@@ -66,11 +68,22 @@ def run(args: argparse.Namespace) -> dict:
     }
     inputs = model_inputs(batch)
     model = add_glimpse(build_arm(spec, processor, device, "unpruned"), GlimpseConfig(layer=spec.layer_k))
-    config = VIPTrainingConfig(
-        output_dir="/tmp/glimpserl-bench", report_to="none", box_weight=1.0, use_cpu=device.type == "cpu"
-    )
     placeholder = datasets.Dataset.from_list([{"images": [], "prompt": [], "answer": ["x"]}])  # never iterated
-    trainer = VIPTrainer(model, config, train_dataset=placeholder, processing_class=processor)
+    trainers = {
+        teacher: VIPTrainer(
+            model,
+            VIPTrainingConfig(
+                output_dir="/tmp/glimpserl-bench",
+                report_to="none",
+                box_weight=1.0,
+                use_cpu=device.type == "cpu",
+                teacher_forward=teacher,
+            ),
+            train_dataset=placeholder,
+            processing_class=processor,
+        )
+        for teacher in ("shared", "separate")
+    }
 
     def plain():
         for p in model.parameters():
@@ -79,13 +92,16 @@ def run(args: argparse.Namespace) -> dict:
         out.loss.backward()
         model.zero_grad(set_to_none=True)
 
-    def stage1():
-        trainer.model.train()
-        freeze_all_but_glimpse(model)
-        trainer.compute_loss(model, dict(batch)).backward()
-        model.zero_grad(set_to_none=True)
+    def stage1(teacher: str):
+        def step():
+            model.train()
+            freeze_all_but_glimpse(model)
+            trainers[teacher].compute_loss(model, dict(batch)).backward()
+            model.zero_grad(set_to_none=True)
 
-    arms = {"plain": plain, "stage1": stage1}
+        return step
+
+    arms = {"plain": plain, "stage1": stage1("shared"), "stage1_separate": stage1("separate")}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for fn in arms.values():  # warm-up
         fn()
@@ -106,7 +122,9 @@ def run(args: argparse.Namespace) -> dict:
         "visual_tokens_per_image": visual,
         "plain_fwd_bwd_s": med["plain"],
         "stage1_step_s": med["stage1"],
+        "stage1_separate_teacher_s": med["stage1_separate"],
         "ratio": med["stage1"] / med["plain"],
+        "shared_teacher_ratio": med["stage1"] / med["stage1_separate"],
     }
 
 
@@ -131,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
     print("| arm | seconds |\n| --- | --- |")
     print(f"| plain forward + backward | {result['plain_fwd_bwd_s']:.3f} |")
     print(f"| stage-1 step | {result['stage1_step_s']:.3f} |")
+    print(f"| stage-1 step, separate teacher forward | {result['stage1_separate_teacher_s']:.3f} |")
     print(f"| ratio stage-1 / plain | {result['ratio']:.2f} |")
+    print(f"| ratio stage-1 / stage-1 with a separate teacher | {result['shared_teacher_ratio']:.2f} |")
     model = result["model"]
     print(
         f"{model_name(result['model'])}; batch {result['batch']}, {result['visual_tokens_per_image']} visual tokens "

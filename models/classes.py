@@ -3,12 +3,14 @@
 Inner model (the module TRL's fused LM head calls):
 - a forward that carries images runs the pruned decoder (`models.forward`), on inputs the family adapter prepares;
 - a decode step on a cache filled by a pruned prefill maps the attention mask onto the shorter cache;
-- `glimpse_mode="off"` is the vanilla model (the stage-1 teacher).
-Outer model (`...ForConditionalGeneration`): the vanilla head, plus `output.glimpse` and labels gathered to the pruned
-layout.
+- `glimpse_mode="off"` is the vanilla model; `glimpse_teacher=True` in masked mode adds the vanilla model's output
+  to the pruned one, from the same vision encoder call and prompt layers 0..K (the stage-1 teacher at a fraction of
+  a second forward).
+Outer model (`...ForConditionalGeneration`): the vanilla head, plus `output.glimpse`, `output.teacher_logits` (when
+asked) and labels gathered to the pruned layout.
 
 Extra forward keywords (all optional): the `glimpse_*` fields of `PruneRequest` (glimpse_mode, glimpse_keep,
-glimpse_vip_logits, glimpse_mask_fn, glimpse_prompt_length, glimpse_noise, glimpse_pruner). Each subclass shows its
+glimpse_vip_logits, glimpse_mask_fn, glimpse_prompt_length, glimpse_noise, glimpse_pruner, glimpse_teacher). Each subclass shows its
 base's forward signature plus these keywords: transformers reads forward signatures (generate checks its model
 kwargs against them and picks the inputs it prepares), so a glimpse class must take exactly what its base takes.
 """
@@ -38,11 +40,15 @@ its output instead of pixel_values, while the glimpse needs the encoder's interm
 @dataclass
 class GlimpseModelOutput(BaseModelOutputWithPast):
     glimpse: GlimpseResult | None = None
+    teacher_hidden_state: torch.Tensor | None = None
+    """With glimpse_teacher=True: the unpruned model's last hidden states [batch, seq, hidden] (no gradient)."""
 
 
 @dataclass
 class GlimpseCausalLMOutput(CausalLMOutputWithPast):
     glimpse: GlimpseResult | None = None
+    teacher_logits: torch.Tensor | None = None
+    """With glimpse_teacher=True: the unpruned model's logits at the same columns as `logits` (no gradient)."""
 
 
 def _cache_argument(kwargs: dict):
@@ -100,10 +106,10 @@ class GlimpseInnerMixin(_GlimpseForward):
         batch = {name: kwargs.pop(name, None) for name in self._glimpse_input_names}
         kwargs.pop("return_dict", None)
         inputs = adapter.prepare(self, self.glimpse, batch, vision_attention="vision_attn" in needs)
-        hidden, result, filled = pruned_decoder_forward(
+        hidden, result, filled, teacher = pruned_decoder_forward(
             adapter.text_model(self), self.glimpse, inputs, adapter, request, cache, use_cache, **kwargs
         )
-        return GlimpseModelOutput(last_hidden_state=hidden, cache=filled, glimpse=result)
+        return GlimpseModelOutput(last_hidden_state=hidden, cache=filled, glimpse=result, teacher_hidden_state=teacher)
 
     def _decode_step(self, state, kwargs: dict):
         """A generation step after a pruned prefill: same positions as unpruned, attention over the short cache."""
@@ -140,6 +146,10 @@ class GlimpseOuterMixin(_GlimpseForward):
         outputs = self.model(**kwargs)  # the glimpse_* keywords go on to the inner model, which prunes
         glimpse = getattr(outputs, "glimpse", None)
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        teacher = getattr(outputs, "teacher_hidden_state", None)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher = self.lm_head(slice_logits_to_keep(teacher, logits_to_keep))
         loss = None
         if labels is not None:
             if (
@@ -159,6 +169,7 @@ class GlimpseOuterMixin(_GlimpseForward):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             glimpse=glimpse,
+            teacher_logits=teacher,
         )
 
 

@@ -15,7 +15,10 @@ Prefill with images, in named steps (`pruned_decoder_forward`):
 4. `_short_sequence` (prune mode): the kept columns (and their KV cache of layers 0..K) are gathered into a shorter,
    left-padded sequence with their ORIGINAL position ids; `_masked_sequence` (masked mode): same length, each visual
    key gets an additive log(keep_prob) in layers K+1.. (a hard 0/1 mask equals physical removal);
-5. layers K+1.. run, then `_final_states` puts the output where the caller reads it.
+5. layers K+1.. run, then `_final_states` puts the output where the caller reads it;
+6. `_teacher_states` (masked mode, when asked): the unpruned model's output from the same prompt pass, without
+   gradient: the vision encoder and the prompt's layers 0..K are the same with and without pruning, so only the
+   completion's layers 0..K (seeing every prompt token) and layers K+1.. on every column run again.
 
 A family whose vision features are also added to the visual tokens after the first decoder layers (DeepStack, in
 `GlimpseInputs.visual_residuals`) gets them at every layer they belong to: on the whole prompt up to layer K, then
@@ -278,15 +281,15 @@ def _decide(p: _Pass, prompt_pass: _PromptPass) -> _Decision:
     return _Decision(keep, key_bias(keep.float(), visual), logits)
 
 
-def _completion_layers(p: _Pass, prompt_pass: _PromptPass, decision: _Decision) -> torch.Tensor:
+def _completion_layers(p: _Pass, prompt_pass: _PromptPass, bias: torch.Tensor) -> torch.Tensor:
     """The completion after the prompt through layers 0..K as side tokens: [batch, seq - prompt, hidden]. It sees
-    exactly what generation showed it: the kept prompt tokens only."""
+    exactly what generation showed it: the kept prompt tokens only (`bias` [batch, seq]: the decision's key bias)."""
     prompt = p.prompt
     completion = p.inputs.inputs_embeds[:, prompt:]
     if not p.has_completion:
         return completion
     prompt_mask = p.inputs.attention_mask[:, :prompt]
-    prompt_bias = decision.bias[:, :prompt].masked_fill(prompt_mask == 0, float("-inf"))
+    prompt_bias = bias[:, :prompt].masked_fill(prompt_mask == 0, float("-inf"))
     rope = p.rope(completion, p.inputs.position_ids[:, :, prompt:])
     for idx in range(p.k_layer + 1):
         completion = side_layer_step(
@@ -353,9 +356,10 @@ def pruned_decoder_forward(
     cache=None,
     use_cache: bool = False,
     **layer_kwargs,
-) -> tuple[torch.Tensor, GlimpseResult, object]:
+) -> tuple[torch.Tensor, GlimpseResult, object, torch.Tensor | None]:
     """Run the decoder `text` with the glimpse (see `PruneRequest` for what can be asked); returns (last hidden
-    states after the final norm, result, cache).
+    states after the final norm, result, cache, the unpruned model's last hidden states [batch, seq, hidden] when
+    `request.teacher` asks for them, else None).
 
     Hidden states are [batch, seq, hidden] at the input's columns in masked mode and in a pass with a completion
     (prune mode: the last prompt token and the completion are there, every column before them is zeros: nothing is
@@ -377,7 +381,7 @@ def pruned_decoder_forward(
     decision = _decide(p, prompt_pass)
     if request.mode == "prune":
         decision.keep[:, :prompt] &= inputs.attention_mask[:, :prompt].bool()  # prompt padding goes too; not text
-    completion = _completion_layers(p, prompt_pass, decision)
+    completion = _completion_layers(p, prompt_pass, decision.bias)
     result = GlimpseResult(
         inputs.visual_mask, decision.keep, decision.logits, inputs.image_counts, _kept_counts(decision.keep, inputs)
     )
@@ -389,7 +393,23 @@ def pruned_decoder_forward(
     if cache is not None:
         next_position = inputs.position_ids[:, :, prompt - 1] + 1
         cache.glimpse_state = GlimpseCacheState(result, attention_mask, seq, next_position)
-    return h, result, cache
+    teacher = _teacher_states(p, prompt_pass) if request.teacher else None
+    return h, result, cache, teacher
+
+
+@torch.no_grad()
+def _teacher_states(p: _Pass, prompt_pass: _PromptPass) -> torch.Tensor:
+    """The unpruned model's final states [batch, seq, hidden] from the pass's prompt layers 0..K: the completion runs
+    layers 0..K seeing every prompt token, then layers K+1.. run on all columns under the plain causal mask."""
+    completion = _completion_layers(p, prompt_pass, torch.zeros_like(p.inputs.attention_mask, dtype=torch.float))
+    h = torch.cat([prompt_pass.hidden, completion], dim=1)
+    mask = create_causal_mask(
+        config=p.text.config, inputs_embeds=h, attention_mask=p.inputs.attention_mask, cache=None
+    )
+    h = p.run_layers(
+        range(p.k_layer + 1, len(p.text.layers)), h, mask, p.rope(h, p.inputs.position_ids), None, p.residual_rows()
+    )
+    return p.text.norm(h)
 
 
 def _kept_counts(keep: torch.Tensor, inputs: GlimpseInputs) -> list[list[int]]:

@@ -35,12 +35,18 @@ class PruneRequest:
     """[batch, >= prompt] uniform noise: sample the keep mask from the VIP (Bernoulli) instead of thresholding it."""
     pruner: Any = None
     """A training-free pruner (`models.baselines.TrainingFreePruner`) deciding instead of the VIP."""
+    teacher: bool = False
+    """Masked mode only: also return the unpruned model's output, computed without gradient from this pass's vision
+    encoder call and prompt layers 0..K (which pruning does not change), so the stage-1 teacher costs only its own
+    completion columns through layers 0..K and layers K+1.. on every column."""
 
     PREFIX = "glimpse_"
 
     def __post_init__(self) -> None:
         if self.mode not in ("prune", "mask", "off"):
             raise ValueError(f"glimpse_mode must be 'prune', 'mask' or 'off', got {self.mode!r}.")
+        if self.teacher and self.mode != "mask":
+            raise ValueError(f"glimpse_teacher=True needs glimpse_mode='mask' (the training mode), got {self.mode!r}.")
 
     @classmethod
     def pop_from(cls, kwargs: dict) -> PruneRequest:

@@ -89,3 +89,27 @@ def cpu_sdpa_flops(q, k, v, dropout_p=0.0, is_causal=False, *args, out_shape=Non
 def mv_flops(matrix, vector, *args, out_shape=None, **kwargs):
     """FlopCounterMode formula for a matrix-vector product (it has none): 2 * rows * cols."""
     return 2 * matrix[0] * matrix[1]
+
+
+def assert_shared_teacher_matches_vanilla(model, inputs: dict, completion_tokens: int = 3) -> None:
+    """The stage-1 teacher computed inside the masked student forward (glimpse_teacher=True) gives the vanilla model's
+    logits at every real column of a prompt + completion batch (within 1e-4), carries no gradient, and leaves the
+    student's own logits exactly as they are without it."""
+    prompt = inputs["input_ids"].shape[1]
+    completion = inputs["input_ids"][:, -completion_tokens:]  # text tokens, as a training completion is
+    full = dict(inputs, input_ids=torch.cat([inputs["input_ids"], completion], dim=1))
+    full["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(completion)], dim=1)
+    if "mm_token_type_ids" in inputs:
+        full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(completion)], dim=1)
+    soft = lambda logits, visual: torch.nn.functional.logsigmoid(logits - 0.5)  # noqa: E731
+    with torch.no_grad():
+        vanilla = model(**full, glimpse_mode="off").logits
+    student = dict(glimpse_mode="mask", glimpse_mask_fn=soft, glimpse_prompt_length=prompt)
+    out = model(**full, **student, glimpse_teacher=True)
+    alone = model(**full, **student)
+    real = full["attention_mask"].bool()
+    assert out.teacher_logits is not None and not out.teacher_logits.requires_grad
+    assert out.logits.requires_grad and alone.teacher_logits is None
+    assert (out.teacher_logits - vanilla)[real].abs().max() <= 1e-4
+    assert torch.equal(out.logits, alone.logits)
+    assert (out.logits - vanilla)[real].abs().max() > 1e-3  # the student really is pruned: the two differ

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_hard_mask_equals_removal, assert_keep_all_matches_vanilla, batch, image
+from helpers import (
+    assert_hard_mask_equals_removal,
+    assert_keep_all_matches_vanilla,
+    assert_shared_teacher_matches_vanilla,
+    batch,
+    image,
+)
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
 from glimpserl.models import GlimpseConfig, add_glimpse, get_adapter, glimpse_module
@@ -186,6 +192,10 @@ def test_prompt_cut_through_image_tokens_is_a_clear_error(processor, inputs):
     ids[0, (ids[0] == processor.image_token_id).nonzero()[0, 0]] = 5
     with pytest.raises(ValueError, match="image tokens do not match"):
         model(**dict(inputs, input_ids=ids))
+
+
+def test_shared_teacher_is_the_vanilla_model(processor, inputs):
+    assert_shared_teacher_matches_vanilla(_model(processor).eval(), inputs)
 
 
 def test_soft_masked_mode_trains_the_vip(processor, inputs):

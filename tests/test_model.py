@@ -3,7 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_hard_mask_equals_removal, assert_keep_all_matches_vanilla, batch, image
+from helpers import (
+    assert_hard_mask_equals_removal,
+    assert_keep_all_matches_vanilla,
+    assert_shared_teacher_matches_vanilla,
+    batch,
+    image,
+)
 
 from glimpserl.models import GlimpseConfig, add_glimpse, load_glimpse, save_glimpse
 from glimpserl.models.tiny import build_tiny_model
@@ -33,6 +39,17 @@ def test_keep_all_matches_vanilla_logits_and_generation(request, family):
     inputs = _ragged(processor)
     model = build_tiny_model(family, seed=0).eval()
     assert_keep_all_matches_vanilla(model, inputs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("layer", [0, 1])
+def test_shared_teacher_is_the_vanilla_model(request, family, layer):
+    assert_shared_teacher_matches_vanilla(_glimpse_model(family, layer=layer), _ragged(_processor(request, family)))
+
+
+def test_teacher_outside_masked_mode_is_a_clear_error(tiny_processor):
+    with pytest.raises(ValueError, match="glimpse_teacher=True needs glimpse_mode='mask'"):
+        _glimpse_model("qwen2_5_vl")(**_ragged(tiny_processor), glimpse_teacher=True)
 
 
 def test_cache_passed_under_its_old_name_is_filled(tiny_processor):

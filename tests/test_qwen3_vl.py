@@ -7,7 +7,13 @@ import importlib.util
 
 import pytest
 import torch
-from helpers import assert_hard_mask_equals_removal, assert_keep_all_matches_vanilla, batch, image
+from helpers import (
+    assert_hard_mask_equals_removal,
+    assert_keep_all_matches_vanilla,
+    assert_shared_teacher_matches_vanilla,
+    batch,
+    image,
+)
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from glimpserl.models import GlimpseConfig, add_glimpse, freeze_vision, get_adapter, processor_adapter
@@ -150,6 +156,11 @@ def test_training_forward_with_completion_matches_generation(inputs, layer):
         out = model(**full, glimpse_prompt_length=prompt)
     assert (out.logits[:, -7:-1] - torch.stack(gen.scores, dim=1)).abs().max() <= 1e-4
     assert torch.equal(out.glimpse.keep_mask[:, :prompt], gen.cache.glimpse_state.result.keep_mask)
+
+
+@pytest.mark.parametrize("layer", K_AROUND_DEEPSTACK)
+def test_shared_teacher_is_the_vanilla_model_around_deepstack(inputs, layer):
+    assert_shared_teacher_matches_vanilla(_model(layer=layer), inputs)
 
 
 def test_soft_masked_mode_trains_the_vip_through_deepstack(inputs):

@@ -49,3 +49,4 @@ def test_stage1_step_benchmark_on_a_given_shape(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["visual_tokens_per_image"] == 64 and saved["model"]["hidden"] == 64 and saved["batch"] == 2
     assert saved["ratio"] == pytest.approx(saved["stage1_step_s"] / saved["plain_fwd_bwd_s"])
+    assert saved["shared_teacher_ratio"] == pytest.approx(saved["stage1_step_s"] / saved["stage1_separate_teacher_s"])

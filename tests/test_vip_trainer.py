@@ -89,6 +89,30 @@ def test_box_pos_weight_reaches_the_box_loss(synth_dir, tmp_path):
     assert first[4.0] > first[1.0] + 0.01
 
 
+def test_shared_and_separate_teacher_train_the_same_glimpse(synth_dir, tmp_path):
+    """The teacher inside the student's forward gives the separate vanilla forward's losses step for step (float
+    rounding apart), so the glimpse trains the same either way; and it runs the vision encoder once a step, not twice."""
+    runs = {}
+    for teacher in ("shared", "separate"):
+        torch.manual_seed(0)  # the same glimpse initialisation for both
+        trainer = _trainer(synth_dir, tmp_path / teacher, teacher_forward=teacher)
+        visual = trainer.model.model.visual
+        calls = []
+        hook = visual.register_forward_hook(lambda *_, seen=calls: seen.append(1))
+        trainer.train()
+        hook.remove()
+        logged = [h for h in trainer.state.log_history if "loss_kl" in h]
+        runs[teacher] = (logged, len(calls), dict(glimpse_module(trainer.model).named_parameters()))
+    (shared, shared_calls, shared_w), (separate, separate_calls, separate_w) = runs["shared"], runs["separate"]
+    assert len(shared) == len(separate) == 3
+    for a, b in zip(shared, separate):
+        assert a["loss_kl"] == pytest.approx(b["loss_kl"], rel=1e-3, abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    for name, weight in shared_w.items():
+        assert torch.allclose(weight, separate_w[name], atol=1e-4), name
+    assert (shared_calls, separate_calls) == (3, 6)
+
+
 def test_checkpoint_holds_glimpse_weights_not_the_base(synth_dir, tmp_path):
     trainer = _trainer(synth_dir, tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()

@@ -126,6 +126,14 @@ class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, Sched
     (AdamW lr 1e-4 on the glimpse + VIP only, cosine, 10% warm-up, 1 epoch)."""
 
     kl_weight: float = field(default=1.0, metadata={"help": "Weight of KL(unpruned teacher || pruned student)."})
+    teacher_forward: Literal["shared", "separate"] = field(
+        default="shared",
+        metadata={
+            "help": "How the unpruned teacher runs. shared: inside the student's forward, reusing its vision encoder "
+            "call and prompt layers 0..K (pruning changes neither), without gradient; separate: a second, vanilla "
+            "forward of the whole model (the same logits up to float rounding, at the cost of a full forward)."
+        },
+    )
     sparsity: Literal["target", "batch_target", "penalty"] = field(
         default="target",
         metadata={

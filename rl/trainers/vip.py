@@ -1,7 +1,8 @@
 """Stage 1: VIP distillation on TRL's SFTTrainer.
 
-Teacher = the same frozen VLM with every visual token (no grad, no second copy); student = the VLM pruned by the
-VIP in the differentiable masked mode. Only the glimpse token and the VIP train. Overridden hooks:
+Teacher = the same frozen VLM with every visual token (no grad, no second copy; by default computed inside the
+student's forward from its vision encoder call and prompt layers 0..K, see `teacher_forward`); student = the VLM
+pruned by the VIP in the differentiable masked mode. Only the glimpse token and the VIP train. Overridden hooks:
 `compute_loss` (the loss) and, through `GlimpseCheckpointMixin`, the checkpoint hooks (checkpoints hold the glimpse
 weights only; a marker written last tells complete checkpoints from interrupted ones).
 """
@@ -49,15 +50,20 @@ class VIPTrainer(GlimpseCheckpointMixin, SFTTrainer):
         args: VIPTrainingConfig = self.args
         labels = inputs["labels"]
         batch = model_inputs(inputs)
-        with torch.no_grad():
-            teacher = model(**batch, glimpse_mode="off", use_cache=False).logits
+        shared = args.teacher_forward == "shared"
+        if not shared:
+            with torch.no_grad():
+                teacher = model(**batch, glimpse_mode="off", use_cache=False).logits
         student = model(
             **batch,
             glimpse_mode="mask",
             glimpse_mask_fn=self._mask_fn,
             glimpse_prompt_length=inputs["prompt_length"],
+            glimpse_teacher=shared,
             use_cache=False,
         )
+        if shared:
+            teacher = student.teacher_logits
         result = student.glimpse
         visual = result.visual_mask
         probs = torch.sigmoid(result.logits.float())
