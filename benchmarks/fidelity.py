@@ -186,14 +186,17 @@ class Evaluator:
 
     def __init__(self, settings, samples):
         from glimpserl.rewards import build_reward
-
         self.settings, self.samples, self.reward = settings, samples, build_reward("exact_match")
+        self.batches = None
+        """Every arm's rows and inputs (made by the first arm): each batch is loaded and encoded once for the table."""
         self.results: list[dict] = []
 
     def run(self, model, processor, arm, label: str, family: str, layer: str, threshold: float | None = None):
         from glimpserl.models import glimpse_module
-        from glimpserl.rl.eval.arms import GROUP_COLUMN, run_arm
+        from glimpserl.rl.eval.arms import GROUP_COLUMN, Batches, run_arm
 
+        if self.batches is None:
+            self.batches = Batches(self.samples, self.settings.batch_size, keep=True)
         module = glimpse_module(model)
         saved = module.config
         if threshold is not None:
@@ -208,6 +211,7 @@ class Evaluator:
                 self.settings.batch_size,
                 self.settings.max_new_tokens,
                 GROUP_COLUMN,
+                self.batches,
             )
         finally:
             module.config = saved
@@ -268,13 +272,21 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
         model, processor = load_eval_model(_settings(work / "vip-kl-bias", "test", args.eval_rows, args.batch_size))
         label = "GlimpsePrune (KL only, gradient through the additive bias)"
         evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-kl-bias", str(k))
-    evaluator.run(*plus_model, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
+    plus_row = evaluator.run(*plus_model, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
     for layer in sweep_layers(task, k, args.quick):
-        stage1, stage2 = (box, plus) if layer == k else (work / f"vip-box-k{layer}", work / f"grpo-k{layer}")
-        model, processor = load_eval_model(_settings(stage1, "test", args.eval_rows, args.batch_size))
+        if layer == k:  # the deployed runs, measured above on the same rows: their rows again, under the sweep's name
+            for row, name, family in (
+                (glimpse, "GlimpsePrune", "glimpse-k"),
+                (plus_row, "GlimpsePrune+", "glimpse-plus-k"),
+            ):
+                evaluator.results.append({**row, "label": f"{name}, K = {layer}", "family": family})
+            continue
+        model, processor = load_eval_model(
+            _settings(work / f"vip-box-k{layer}", "test", args.eval_rows, args.batch_size)
+        )
         label = f"GlimpsePrune, K = {layer}"
         evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-k", str(layer))
-        model, processor = load_eval_model(_run_settings(stage2, args.batch_size, args.eval_rows))
+        model, processor = load_eval_model(_run_settings(work / f"grpo-k{layer}", args.batch_size, args.eval_rows))
         evaluator.run(
             model, processor, PrunerSetup("glimpse"), f"GlimpsePrune+, K = {layer}", "glimpse-plus-k", str(layer)
         )

@@ -17,7 +17,10 @@ Parts (each written as soon as it is done, so a run stopped by a time limit keep
    many images needs, pruned against unpruned);
 3. one GRPO step at the 3B shape: LoRA, 4 generations of 128 tokens, plain `trl.GRPOTrainer` against glimpserl at
    keep 10%, with the split of the step and the bound per phase; only where `trl` imports (it is not on every GPU
-   machine; the part is then reported as skipped).
+   machine; the part is then reported as skipped);
+4. one stage-1 step at the 3B shape (batch 4 of ~1k visual tokens): the VIP trainer's loss + backward with the
+   teacher inside the student's forward, the same with a separate teacher forward, and one plain forward + backward
+   of every parameter (an SFT step of the same batch); where `trl` imports, as part 3.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import time
 from pathlib import Path
 
 PRUNERS = "glimpse,gprune,fastv,divprune,cdpruner,random"
+NEEDS_TRL = ("grpo", "stage1")
+"""Parts that run a glimpserl trainer (TRL subclasses): skipped where trl does not import."""
 PAPER_KEEP = 0.074
 """The paper's average keep on its free-form VQA benchmarks (92.6% of the visual tokens pruned)."""
 GPU = dict(
@@ -37,6 +42,7 @@ GPU = dict(
     sizes="1024,2500,5074",
     multi=["--visual-tokens", "1250", "--images", "4"],
     grpo=["--shape", "qwen2_5_vl_3b", "--dtype", "bfloat16", "--device", "cuda", "--visual-tokens", "1024"],
+    stage1=["--shape", "qwen2_5_vl_3b", "--dtype", "bfloat16", "--device", "cuda", "--visual-tokens", "1024"],
     repeats="3",
     new_tokens="32",
 )
@@ -47,6 +53,8 @@ TINY = dict(
     multi=["--visual-tokens", "16", "--images", "2"],
     grpo=["--hidden", "64", "--layers", "4", "--heads", "4", "--vision-layers", "2", "--vision-hidden", "32"]
     + ["--device", "cpu", "--threads", "1", "--visual-tokens", "16", "--vocab", "2048", "--completion-tokens", "8"],
+    stage1=["--hidden", "64", "--layers", "4", "--heads", "4", "--vision-layers", "2", "--vision-hidden", "32"]
+    + ["--device", "cpu", "--threads", "1", "--visual-tokens", "16", "--vocab", "2048", "--batch", "2"],
     repeats="1",
     new_tokens="4",
 )
@@ -68,6 +76,12 @@ def _grpo(argv: list[str]) -> dict:
     return grpo_step.run(grpo_step.parse_args(argv))
 
 
+def _stage1(argv: list[str]) -> dict:
+    from glimpserl.benchmarks import stage1_step
+
+    return stage1_step.run(stage1_step.parse_args(argv))
+
+
 def run(out: Path, tiny: bool = False) -> dict:
     """Every part in turn; `out`/gpu_check.{json,md} rewritten after each."""
     plan = TINY if tiny else GPU
@@ -78,11 +92,12 @@ def run(out: Path, tiny: bool = False) -> dict:
         "single": lambda: _scaling(["--visual-tokens", plan["sizes"], *common]),
         "multi_image": lambda: _scaling([*common, *plan["multi"]]),
         "grpo": lambda: _grpo([*plan["grpo"], "--generations", "4", "--steps", "2", "--rounds", "1"]),
+        "stage1": lambda: _stage1([*plan["stage1"], "--repeats", plan["repeats"]]),
     }
     for name, part in parts.items():
         start = time.perf_counter()
         print(f"gpu_check: {name}", file=sys.stderr, flush=True)
-        if name == "grpo" and importlib.util.find_spec("trl") is None:
+        if name in NEEDS_TRL and importlib.util.find_spec("trl") is None:
             results["parts"][name] = {"skipped": "trl does not import on this machine"}
         else:
             results["parts"][name] = part()
@@ -92,16 +107,19 @@ def run(out: Path, tiny: bool = False) -> dict:
 
 
 def markdown(results: dict) -> str:
-    from glimpserl.benchmarks import grpo_step, scaling
+    from glimpserl.benchmarks import grpo_step, scaling, stage1_step
 
     lines = ["# GPU check", ""]
     for name, title in (("single", "One image"), ("multi_image", "Several images in one prompt")):
         if name in results["parts"]:
             lines += [f"## {title}", "", scaling.markdown_table(results["parts"][name]), ""]
-    grpo = results["parts"].get("grpo")
-    if grpo is not None:
-        body = grpo["skipped"] if "skipped" in grpo else grpo_step.markdown_report(grpo)
-        lines += ["## One GRPO step", "", body, ""]
+    for name, title, report in (
+        ("grpo", "One GRPO step", grpo_step.markdown_report),
+        ("stage1", "One stage-1 step", stage1_step.markdown_report),
+    ):
+        part = results["parts"].get(name)
+        if part is not None:
+            lines += [f"## {title}", "", part["skipped"] if "skipped" in part else report(part), ""]
     lines.append("Seconds per part: " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()) + ".")
     return "\n".join(lines)
 

@@ -25,7 +25,6 @@ import json
 import statistics
 import time
 
-import datasets
 import torch
 
 from glimpserl.benchmarks.arguments import add_model_arguments
@@ -50,6 +49,8 @@ def _batch(processor, size: int, n: int):
 
 
 def run(args: argparse.Namespace) -> dict:
+    import datasets
+
     from ..models import GlimpseConfig, add_glimpse
     from ..rl.config.stages import VIPTrainingConfig
     from ..rl.data.collate import model_inputs
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m glimpserl.benchmarks.stage1_step",
         description=__doc__.split("\n\n")[0],
@@ -145,20 +146,32 @@ def main(argv: list[str] | None = None) -> dict:
         check_spec(spec_from_args(args))
     except ValueError as err:
         parser.error(str(err))
-    result = run(args)
-    print("| arm | seconds |\n| --- | --- |")
-    print(f"| plain forward + backward | {result['plain_fwd_bwd_s']:.3f} |")
-    print(f"| stage-1 step | {result['stage1_step_s']:.3f} |")
-    print(f"| stage-1 step, separate teacher forward | {result['stage1_separate_teacher_s']:.3f} |")
-    print(f"| ratio stage-1 / plain | {result['ratio']:.2f} |")
-    print(f"| ratio stage-1 / stage-1 with a separate teacher | {result['shared_teacher_ratio']:.2f} |")
+    return args
+
+
+def markdown_report(result: dict) -> str:
     model = result["model"]
-    print(
-        f"{model_name(result['model'])}; batch {result['batch']}, {result['visual_tokens_per_image']} visual tokens "
-        "per image; text hidden "
-        f"{model['hidden']}, {model['layers']} layers, K = {model['layer_k']}, vocabulary {model['vocab']}; "
-        f"{result['device']}, {result['threads']} threads"
+    return "\n".join(
+        [
+            "| arm | seconds |",
+            "| --- | --- |",
+            f"| plain forward + backward | {result['plain_fwd_bwd_s']:.3f} |",
+            f"| stage-1 step | {result['stage1_step_s']:.3f} |",
+            f"| stage-1 step, separate teacher forward | {result['stage1_separate_teacher_s']:.3f} |",
+            f"| ratio stage-1 / plain | {result['ratio']:.2f} |",
+            f"| ratio stage-1 / stage-1 with a separate teacher | {result['shared_teacher_ratio']:.2f} |",
+            "",
+            f"{model_name(model)}; batch {result['batch']}, {result['visual_tokens_per_image']} visual tokens per "
+            f"image; text hidden {model['hidden']}, {model['layers']} layers, K = {model['layer_k']}, vocabulary "
+            f"{model['vocab']}; {result['device']}, {result['threads']} threads",
+        ]
     )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    print(markdown_report(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -239,3 +239,42 @@ def test_another_split_of_the_runs_held_out_set(synth, glimpse_dir, tmp_path):
         resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split="val"))
     (run / RUN_CARD).write_text(json.dumps({**card, "eval_dataset": str(folder)}))  # a folder: its reader splits
     assert resolve_settings(EvalSettings(glimpse=str(run), pruners="glimpse", split="val")).dataset == str(folder)
+
+
+def test_arms_sharing_kept_batches_score_as_arms_that_make_their_own(synth, glimpse_dir, monkeypatch):
+    """Batches(keep=True) (the reproduction's many arms on one set): every arm's records equal those of arms that
+    load and encode their own batches, each batch (and each shrink) is encoded once, and a processor of other settings
+    gets its own inputs."""
+    from glimpserl.models import load_glimpse
+    from glimpserl.models.loading import load_model, load_processor
+    from glimpserl.rl.eval import arms
+    from glimpserl.rl.eval.compare import load_samples, resolve_settings
+    from glimpserl.rl.eval.settings import EvalSettings
+
+    settings = resolve_settings(EvalSettings(dataset=str(synth), glimpse=str(glimpse_dir), batch_size=2))
+    samples, _ = load_samples(settings, build_reward("exact_match"))
+    model = load_glimpse(load_model("builtin:tiny-qwen2_5_vl").eval(), glimpse_dir)
+    processor = load_processor("builtin:tiny-qwen2_5_vl", max_pixels=112 * 112)
+    names = ["glimpse", "none", "fastv", "divprune", "downsample", "glimpse"]
+    setups = [arms.pruner_setup(name, None if name in ("glimpse", "none") else 0.25, 0) for name in names]
+
+    def records(batches):
+        rows = []
+        for arm in setups:
+            result = arms.run_arm(model, processor, samples, arm, build_reward("exact_match"), 2, 3, None, batches)
+            rows.append([{k: v for k, v in r.items() if not k.endswith("_s")} for r in result["per_sample"]])
+        return rows
+
+    own = records(None)
+    calls = []
+    real = arms.encode
+    monkeypatch.setattr(
+        arms, "encode", lambda processor, rows, shrink=None: calls.append(shrink) or real(processor, rows, shrink)
+    )
+    kept = arms.Batches(samples, 2, keep=True)
+    assert records(kept) == own
+    assert calls.count(None) == len(kept.ranges) and calls.count(0.25) == len(kept.ranges)  # each once
+    other = load_processor("builtin:tiny-qwen2_5_vl", max_pixels=56 * 56)
+    assert kept.inputs(other, 0)["input_ids"].shape != kept.inputs(processor, 0)["input_ids"].shape
+    with pytest.raises(ValueError, match="another sample set or batch size"):
+        arms.run_arm(model, processor, samples, setups[0], build_reward("exact_match"), 4, 3, None, kept)

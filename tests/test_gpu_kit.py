@@ -163,7 +163,10 @@ def test_the_gpu_command_runs_end_to_end_at_a_tiny_shape_on_cpu(tmp_path):
     assert set(grpo["arms"]) == {"trl", "pruned", "keep_all", "sample"} and set(grpo["bounds"]) == {
         "generation_kv", "log_probs", "backward",
     }  # fmt: skip
+    stage1 = results["parts"]["stage1"]
+    assert stage1["batch"] == 2 and stage1["stage1_step_s"] > 0 and stage1["stage1_separate_teacher_s"] > 0
     assert "## Several images in one prompt" in markdown and "Best case per phase" in markdown
+    assert "## One stage-1 step" in markdown
 
 
 @pytest.mark.parametrize("name", sorted(shapes.SHAPES))

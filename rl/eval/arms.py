@@ -66,6 +66,46 @@ def encode(processor, rows: list[dict], shrink: float | None = None) -> dict:
     return dict(processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left", **kwargs))
 
 
+class Batches:
+    """The batches of one sample set: each batch's rows (`samples[i]` of a lazy dataset decodes its images anew) and
+    model inputs. With `keep`, each is made once and shared by every arm that runs on the set, whose inputs do not
+    depend on the pruner (a downsampling arm's smaller images apart, and processors of other settings apart). Kept
+    batches hold their pixels: `keep` is for many arms on a set that fits in memory (the reproduction's few hundred
+    small images); `glimpserl eval` makes them per arm."""
+
+    def __init__(self, samples, batch_size: int, keep: bool = False):
+        self.samples, self.batch_size, self.keep = samples, batch_size, keep
+        self.ranges = [range(s, min(s + batch_size, len(samples))) for s in range(0, len(samples), batch_size)]
+        self._rows: dict[int, list[dict]] = {}
+        self._inputs: dict[tuple, dict] = {}
+        self._settings: dict[int, tuple[object, str]] = {}
+
+    def rows(self, number: int) -> list[dict]:
+        if number in self._rows:
+            return self._rows[number]
+        rows = [self.samples[i] for i in self.ranges[number]]
+        if self.keep:
+            self._rows[number] = rows
+        return rows
+
+    def inputs(self, processor, number: int, shrink: float | None = None) -> dict:
+        key = (self._processor_settings(processor), number, shrink)
+        if key in self._inputs:
+            return self._inputs[key]
+        inputs = encode(processor, self.rows(number), shrink)
+        if self.keep:
+            self._inputs[key] = inputs
+        return inputs
+
+    def _processor_settings(self, processor) -> str:
+        """What makes two processors encode alike: the image processor's settings, the chat template and the
+        vocabulary size (the processor is kept beside them, so its id stays its own)."""
+        if id(processor) not in self._settings:
+            text = f"{processor.image_processor.to_json_string()}|{processor.chat_template}|{len(processor.tokenizer)}"
+            self._settings[id(processor)] = (processor, text)
+        return self._settings[id(processor)][1]
+
+
 def generate(model, inputs: dict, arm: PrunerSetup, max_new_tokens: int):
     """Greedy generate; returns (output, prefill seconds, decode seconds, decode steps)."""
     clock = StepClock()
@@ -92,23 +132,30 @@ def run_arm(
     batch_size: int,
     max_new_tokens: int,
     group_column: str | None = None,
+    batches: Batches | None = None,
 ) -> dict:
     """Generate, score and measure one pruner over all samples; returns its summary with per-sample records (and the
-    metric per value of `group_column`, e.g. the question kind, when rows carry it)."""
+    metric per value of `group_column`, e.g. the question kind, when rows carry it). `batches`: the set's batches,
+    kept across the arms of one comparison (default: made for this arm)."""
     image_token = image_token_id(processor)
     device = next(model.parameters()).device
-    batches = [range(s, min(s + batch_size, len(samples))) for s in range(0, len(samples), batch_size)]
+    if batches is None:
+        batches = Batches(samples, batch_size)
+    elif batches.samples is not samples or batches.batch_size != batch_size:
+        raise ValueError("run_arm got batches of another sample set or batch size than it was asked to run.")
     records, timings = [], []
     started = time.perf_counter()
-    for number, indices in enumerate(tqdm(batches, desc=f"eval {arm.name}", leave=False)):
-        rows = [samples[i] for i in indices]
-        inputs = {k: v.to(device) for k, v in encode(processor, rows, arm.shrink).items()}
+    for number in tqdm(range(len(batches.ranges)), desc=f"eval {arm.name}", leave=False):
+        rows = batches.rows(number)
+        inputs = {k: v.to(device) for k, v in batches.inputs(processor, number, arm.shrink).items()}
         if number == 0:  # warm-up: first-call allocations and kernel choices stay out of the timings
             generate(model, inputs, arm, 2)
         out, prefill, decode, steps = generate(model, inputs, arm, max_new_tokens)
         timings.append({"prefill_s": prefill, "decode_s": decode, "decode_steps": steps})
         texts = processor.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        counts = token_counts(out, inputs, processor, rows, arm, image_token)
+        # A downsampling arm's reference: the original images' token counts.
+        original = batches.inputs(processor, number) if arm.shrink is not None else None
+        counts = token_counts(out, inputs, image_token, original)
         columns = {key: [row[key] for row in rows] for key in rows[0] if key not in NOT_COLUMNS}
         scores = reward(
             completions=texts,
@@ -128,8 +175,10 @@ def run_arm(
     return arm_summary(arm.name, arm.target_keep_ratio, records, timings, time.perf_counter() - started)
 
 
-def token_counts(out, inputs: dict, processor, rows: list[dict], arm: PrunerSetup, image_token: int) -> list[dict]:
-    """Per sample: visual tokens, kept visual tokens, keep ratio, and KV length (cached tokens) after prefill."""
+def token_counts(out, inputs: dict, image_token: int, original: dict | None = None) -> list[dict]:
+    """Per sample: visual tokens, kept visual tokens, keep ratio, and KV length (cached tokens) after prefill.
+    `original`: the inputs of the same rows at full size, for an arm that shrank the images (their visual tokens are
+    the reference)."""
     state = getattr(out.cache, "glimpse_state", None)
     if state is not None:  # pruned prefill: the cache holds the text and the kept visual tokens
         result = state.result
@@ -138,8 +187,8 @@ def token_counts(out, inputs: dict, processor, rows: list[dict], arm: PrunerSetu
         kept = (inputs["input_ids"] == image_token).sum(1).tolist()
         kv = inputs["attention_mask"].sum(1).tolist()
         visual = kept
-        if arm.shrink is not None:  # the original images' token counts are the reference
-            visual = (encode(processor, rows)["input_ids"] == image_token).sum(1).tolist()
+        if original is not None:
+            visual = (original["input_ids"] == image_token).sum(1).tolist()
     return [
         {"visual_tokens": int(v), "kept_tokens": int(k), "keep_ratio": k / max(v, 1), "kv_length": int(n)}
         for v, k, n in zip(visual, kept, kv, strict=True)
