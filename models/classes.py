@@ -10,9 +10,10 @@ Outer model (`...ForConditionalGeneration`): the vanilla head, plus `output.glim
 asked) and labels gathered to the pruned layout.
 
 Extra forward keywords (all optional): the `glimpse_*` fields of `PruneRequest` (glimpse_mode, glimpse_keep,
-glimpse_vip_logits, glimpse_mask_fn, glimpse_prompt_length, glimpse_noise, glimpse_pruner, glimpse_teacher). Each subclass shows its
-base's forward signature plus these keywords: transformers reads forward signatures (generate checks its model
-kwargs against them and picks the inputs it prepares), so a glimpse class must take exactly what its base takes.
+glimpse_vip_logits, glimpse_mask_fn, glimpse_prompt_length, glimpse_noise, glimpse_pruner, glimpse_teacher). Each
+subclass shows its base's forward signature plus these keywords: transformers reads forward signatures (generate
+checks its model kwargs against them and picks the inputs it prepares), so a glimpse class must take exactly what its
+base takes.
 """
 
 from __future__ import annotations
