@@ -186,6 +186,7 @@ class Evaluator:
 
     def __init__(self, settings, samples):
         from glimpserl.rewards import build_reward
+
         self.settings, self.samples, self.reward = settings, samples, build_reward("exact_match")
         self.batches = None
         """Every arm's rows and inputs (made by the first arm): each batch is loaded and encoded once for the table."""
