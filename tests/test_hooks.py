@@ -82,6 +82,7 @@ LORA = {"use_lora", "lora_r", "lora_alpha", "lora_dropout", "freeze_vision"}
 OWN_FIELDS = {
     VIPTrainingConfig: {
         "kl_weight",
+        "teacher_forward",
         "sparsity",
         "target_keep_ratio",
         "sparsity_weight",
