@@ -261,3 +261,36 @@ def test_a_batch_without_any_reward_is_an_error(dataset, tmp_path):
     trainer = _trainer(dataset, tmp_path, max_steps=1, rewards=["never_applies", {"name": "never_applies"}])
     with pytest.raises(ValueError, match=r"Every reward \(never_applies, never_applies_2\) returned None for all 4"):
         trainer.train()
+
+
+class AdvantageTrainer(GlimpseGRPOTrainer):
+    """Remembers the advantages each VIP policy-gradient loss was given."""
+
+    def _compute_loss(self, model, inputs):
+        self.seen_advantages = inputs["advantages"].detach().clone()
+        return super()._compute_loss(model, inputs)
+
+
+@pytest.mark.parametrize("scale_rewards", ["none", "group"])
+def test_the_vip_learns_from_trls_advantages_scaled_or_not(dataset, tmp_path, scale_rewards):
+    # The reward is the prune ratio alone; one group of four sampled masks. Unscaled (the places recipe), the VIP's
+    # advantages are each reward's distance from the group mean; TRL's default divides them by the group's std.
+    SEEN.clear()
+    rewards = ["record_pruning", {"name": "prune_ratio", "weight": 1.0}]
+    trainer = _trainer(
+        dataset,
+        tmp_path,
+        AdvantageTrainer,
+        mask_policy="sample",
+        max_steps=1,
+        rewards=rewards,
+        scale_rewards=scale_rewards,
+    )
+    trainer.train()
+    ratios = torch.tensor(SEEN[0]["prune_ratio"])
+    assert len(set(ratios.tolist())) > 1
+    expected = ratios - ratios.mean()
+    if scale_rewards == "group":
+        expected = expected / (ratios.std() + 1e-4)
+    got = trainer.seen_advantages.float().sort().values
+    torch.testing.assert_close(got, expected.sort().values, rtol=1e-4, atol=1e-5)
