@@ -52,7 +52,7 @@ def dataset(tmp_path_factory):
 
 
 class RecordingTrainer(GlimpseGRPOTrainer):
-    """Remembers the rollout masks and the masks every log-prob pass used."""
+    """Remembers the rollout masks, the masks every log-prob pass used, and the advantages of the last loss."""
 
     def __init__(self, *args, **kwargs):
         self.rollout_masks, self.logp_masks = [], []
@@ -68,6 +68,10 @@ class RecordingTrainer(GlimpseGRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
         self.logp_masks.append((torch.is_grad_enabled(), self._active_keep.clone(), input_ids.clone()))
         return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
+
+    def _compute_loss(self, model, inputs):
+        self.seen_advantages = inputs["advantages"].detach().clone()
+        return super()._compute_loss(model, inputs)
 
 
 def _key(prompt, completion, pad) -> tuple:
@@ -263,14 +267,6 @@ def test_a_batch_without_any_reward_is_an_error(dataset, tmp_path):
         trainer.train()
 
 
-class AdvantageTrainer(GlimpseGRPOTrainer):
-    """Remembers the advantages each VIP policy-gradient loss was given."""
-
-    def _compute_loss(self, model, inputs):
-        self.seen_advantages = inputs["advantages"].detach().clone()
-        return super()._compute_loss(model, inputs)
-
-
 @pytest.mark.parametrize("scale_rewards", ["none", "group"])
 def test_the_vip_learns_from_trls_advantages_scaled_or_not(dataset, tmp_path, scale_rewards):
     # The reward is the prune ratio alone; one group of four sampled masks. Unscaled (the places recipe), the VIP's
@@ -280,7 +276,6 @@ def test_the_vip_learns_from_trls_advantages_scaled_or_not(dataset, tmp_path, sc
     trainer = _trainer(
         dataset,
         tmp_path,
-        AdvantageTrainer,
         mask_policy="sample",
         max_steps=1,
         rewards=rewards,
