@@ -18,15 +18,20 @@ For each task this command reruns the method on its model and writes one table:
 2. stage 2, GlimpsePrune+ (RECIPES/grpo.yaml, starting from the box-supervised glimpse);
 3. every arm on the test split: unpruned; GlimpsePrune at its deployment threshold and at other operating points
    (thresholds calibrated on the validation split to other keep ratios, and to GlimpsePrune+'s validation keep, so
-   the two stages meet at one budget); KL-only GlimpsePrune; GlimpsePrune+;
+   the two stages meet at one budget); KL-only GlimpsePrune; GlimpsePrune+ at stage 1's threshold and at 0.5 (the
+   mask its sampled rollouts drew most often);
    (a) every training-free pruner at the glimpse's layer K and at its keep ratio and two others; (b) each at its
    native operating point (G-Prune, DivPrune, CDPruner before the language model, FastV after layer 0,
    downsampling on smaller images);
-4. where the task has one-region question kinds: on those rows alone, GlimpsePrune and then GlimpsePrune+, each
-   against every training-free pruner at that glimpse's own keep ratio on them and at its layer K (the question, not
-   the image, has to say which region: a pruner that does not read it keeps the wrong object);
+4. where the task has one-region question kinds: on those rows alone, GlimpsePrune and then both GlimpsePrune+ rows,
+   each against every training-free pruner at that glimpse's own keep ratio on them and at its layer K (the
+   question, not the image, has to say which region: a pruner that does not read it keeps the wrong object);
 5. the K sweep: stage 1 and GlimpsePrune+ retrained with the glimpse at every layer K the task lists, beside the
    (K+1)/L bound of the decoder's prefill work (how early can it cut?).
+
+Training runs through `glimpserl train` in subprocesses, --jobs of them at a time (a stage-2 run waits for its
+stage-1 run), each with one torch thread, so the trained weights do not depend on the machine's core count or on
+--jobs; the evaluation runs in this process with --threads.
 
 Columns: exact match and keep ratio (overall and per question kind), kept tokens, box recall, prefill time per batch
 and its ratio to unpruned (measured in the same run). Writes fidelity.json, fidelity.md and fidelity.png into
@@ -40,6 +45,7 @@ and its ratio to unpruned (measured in the same run). Writes fidelity.json, fide
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -50,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from glimpserl.benchmarks.fidelity_report import AT_PLUS, markdown_report, plot, summary_lines
+from glimpserl.benchmarks.fidelity_report import AT_PLUS, PLUS_MODE, markdown_report, plot, summary_lines
 from glimpserl.rl.data.synth import places
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -85,7 +91,13 @@ GLIMPSE_POINTS = (0.3, 0.5, 0.9, 2.0, 4.0)
 SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
 NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
 """Where each training-free method prunes in its own publication: before the LLM, or FastV after an early layer."""
+MODE_THRESHOLD = 0.5
+"""GlimpsePrune+'s second operating point: a stage-2 rollout keeps each token with its VIP probability, so the mask
+it samples most often keeps those above 0.5 (the first is stage 1's calibrated threshold, which the run inherits)."""
 BIAS_ONLY = ["--box_weight", "0", "--relaxation", "straight_through_bias"]
+TRAIN_THREADS = 1
+"""torch threads of each training run: fixed, so a run's trajectory does not depend on the machine's cores or on
+--jobs (float sums are ordered by the thread split)."""
 QUICK_DATA = ["--synth_train", "64", "--synth_val", "32", "--synth_test", "32"]
 
 
@@ -103,32 +115,84 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-rows", type=int, default=None, help="Test rows per arm (default: the whole test split).")
     p.add_argument("--batch-size", type=int, default=32, help="Rows per generate call (prefill is timed per batch).")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the evaluation (default: torch's).")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help=f"Training runs at a time, each with {TRAIN_THREADS} torch thread (the results do not depend on it).",
+    )
     p.add_argument("--reuse", action="store_true", help="Keep finished training runs in --work-dir; train the rest.")
     p.add_argument(
         "--quick",
         action="store_true",
         help="Wiring check: 2 training steps per stage, 16 test rows, one K of the sweep, no plot of record (CI).",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: at least one training run at a time")
+    return args
 
 
-def train(name: str, recipe: Path, work: Path, overrides: list[str], quick: bool, reuse: bool) -> dict:
-    """Run `glimpserl train RECIPE` in a subprocess (the command a user types); returns its eval_results.json."""
-    out = work / name
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One `glimpserl train` run of the reproduction: its name (the folder under the work dir), recipe, command-line
+    overrides, and the run whose output it starts from (None: it starts from the recipe's model)."""
+
+    name: str
+    recipe: Path
+    overrides: tuple[str, ...] = ()
+    after: str | None = None
+
+
+def train(job: TrainJob, work: Path, quick: bool, reuse: bool) -> dict:
+    """Run `glimpserl train RECIPE` in a subprocess (the command a user types) with TRAIN_THREADS torch threads;
+    returns its eval_results.json and the run's wall seconds."""
+    out = work / job.name
     results = out / "eval_results.json"
     if reuse and results.is_file():
         return {"seconds": None, **json.loads(results.read_text())}
-    args = [sys.executable, "-m", "glimpserl.cli", "train", str(recipe), "--output_dir", str(out), *overrides]
+    args = [sys.executable, "-m", "glimpserl.cli", "train", str(job.recipe), "--output_dir", str(out), *job.overrides]
+    if job.after is not None:
+        args += ["--glimpse_init", str(work / job.after)]
     if quick:
         args += ["--max_steps", "2", "--save_strategy", "no", *QUICK_DATA]
     work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(TRAIN_THREADS)}
+    print(f"  training {job.name} (log: {work / f'{job.name}.log'})", flush=True)
     start = time.perf_counter()
-    with open(work / f"{name}.log", "w") as log:
-        done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    with open(work / f"{job.name}.log", "w") as log:
+        done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"stage {name} failed (exit {done.returncode}); see {work / f'{name}.log'}")
+        raise RuntimeError(f"stage {job.name} failed (exit {done.returncode}); see {work / f'{job.name}.log'}")
+    seconds = time.perf_counter() - start
+    print(f"  trained {job.name} in {seconds / 60:.1f} min", flush=True)
     report = json.loads(results.read_text()) if results.is_file() else {}
-    return {"seconds": time.perf_counter() - start, **report}
+    return {"seconds": seconds, **report}
+
+
+def train_all(jobs: list[TrainJob], work: Path, args) -> dict:
+    """Every job, `args.jobs` at a time; a job starts once the run it starts from has finished. Returns each job's
+    result by name, in the order of `jobs`. The first failure stops the rest (runs already written stay)."""
+    names = [job.name for job in jobs]
+    for job in jobs:
+        if job.after is not None and names.index(job.after) > names.index(job.name):
+            raise ValueError(f"training job {job.name} starts from {job.after}, which is listed after it")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures: dict[str, concurrent.futures.Future] = {}
+
+        def run(job: TrainJob) -> dict:
+            if job.after is not None:
+                futures[job.after].result()  # listed (so submitted) before this job: no slot waits on a later one
+            return train(job, work, args.quick, args.reuse)
+
+        for job in jobs:
+            futures[job.name] = pool.submit(run, job)
+        try:
+            return {name: futures[name].result() for name in names}
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
 
 
 def _samples(settings):
@@ -274,6 +338,7 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
         label = "GlimpsePrune (KL only, gradient through the additive bias)"
         evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-kl-bias", str(k))
     plus_row = evaluator.run(*plus_model, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
+    evaluator.run(*plus_model, PrunerSetup("glimpse"), PLUS_MODE, "glimpse-plus-mode", str(k), MODE_THRESHOLD)
     for layer in sweep_layers(task, k, args.quick):
         if layer == k:  # the deployed runs, measured above on the same rows: their rows again, under the sweep's name
             for row, name, family in (
@@ -302,8 +367,8 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
 def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], layer: str, plus) -> dict:
     """The one-region rows alone: unpruned, GlimpsePrune, then every training-free pruner at layer K and at the
     glimpse's mean keep ratio on these rows (the fixed budget a dynamic method spent on them); then the same for
-    GlimpsePrune+ (`plus`: its model and processor), the pruners on the base model at its keep. Each pruner row names
-    the glimpse it is compared with (`versus`)."""
+    GlimpsePrune+ (`plus`: its model and processor) at its inherited threshold and at MODE_THRESHOLD, the pruners on
+    the base model at its keep. Each pruner row names the glimpse it is compared with (`versus`)."""
     from glimpserl.rl.eval.arms import GROUP_COLUMN, PrunerSetup, pruner_setup
 
     samples = [row for row in evaluator.samples if row.get(GROUP_COLUMN) in kinds]
@@ -312,11 +377,12 @@ def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], l
     sub = Evaluator(evaluator.settings, samples)
     print(f"one-region questions ({', '.join(kinds)}: {len(samples)} rows)", flush=True)
     sub.run(model, processor, PrunerSetup("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
-    for glimpse, family, runs_on in (
-        ("GlimpsePrune", "glimpse", (model, processor)),
-        ("GlimpsePrune+", "glimpse-plus", plus),
+    for glimpse, family, runs_on, threshold in (
+        ("GlimpsePrune", "glimpse", (model, processor), None),
+        ("GlimpsePrune+", "glimpse-plus", plus, None),
+        (PLUS_MODE, "glimpse-plus-mode", plus, MODE_THRESHOLD),
     ):
-        keep = sub.run(*runs_on, PrunerSetup("glimpse"), glimpse, family, layer)["keep_ratio"]
+        keep = sub.run(*runs_on, PrunerSetup("glimpse"), glimpse, family, layer, threshold)["keep_ratio"]
         suffix = "" if glimpse == "GlimpsePrune" else f" at {glimpse}'s keep"
         for name in (*SELECTORS, "downsample"):
             at = "-" if name == "downsample" else layer
@@ -356,24 +422,27 @@ def portable(report: dict, work: Path) -> dict:
     return json.loads(text)
 
 
+def training_jobs(task: TaskSpec, vip: Path, grpo: Path, quick: bool) -> list[TrainJob]:
+    """The task's training runs: stage 1 box-supervised and KL-only (and the additive-bias contrast), stage 2 from the
+    box-supervised glimpse, then the K sweep's pairs. Stage-1 runs come first, so the stage-2 runs (which wait for
+    theirs) fill the slots last."""
+    k = recipe_layer(vip)
+    others = [layer for layer in sweep_layers(task, k, quick) if layer != k]
+    stage1 = [TrainJob("vip-box", vip)]
+    stage1 += [TrainJob(f"vip-box-k{layer}", vip, ("--glimpse_layer", str(layer))) for layer in others]
+    stage1.append(TrainJob("vip-kl", vip, ("--box_weight", "0")))
+    if task.bias_contrast:  # the estimator that gives a dropped token no gradient (docs/method.md section 2.1)
+        stage1.append(TrainJob("vip-kl-bias", vip, tuple(BIAS_ONLY)))
+    stage2 = [TrainJob("grpo", grpo, after="vip-box")]
+    stage2 += [TrainJob(f"grpo-k{layer}", grpo, after=f"vip-box-k{layer}") for layer in others]
+    return stage1 + stage2
+
+
 def reproduce(name: str, task: TaskSpec, work: Path, args) -> dict:
     """Train the task's stages (and the K sweep), evaluate every arm; the task's report."""
     started = time.perf_counter()
     vip, grpo = task.recipes / "vip.yaml", task.recipes / "grpo.yaml"
-    runs = {
-        "vip-box": train("vip-box", vip, work, [], args.quick, args.reuse),
-        "vip-kl": train("vip-kl", vip, work, ["--box_weight", "0"], args.quick, args.reuse),
-    }
-    if task.bias_contrast:  # the estimator that gives a dropped token no gradient (docs/method.md section 2.1)
-        runs["vip-kl-bias"] = train("vip-kl-bias", vip, work, BIAS_ONLY, args.quick, args.reuse)
-    runs["grpo"] = train("grpo", grpo, work, ["--glimpse_init", str(work / "vip-box")], args.quick, args.reuse)
-    k = recipe_layer(vip)
-    for layer in sweep_layers(task, k, args.quick):
-        if layer != k:
-            stage1 = f"vip-box-k{layer}"
-            runs[stage1] = train(stage1, vip, work, ["--glimpse_layer", str(layer)], args.quick, args.reuse)
-            init = ["--glimpse_init", str(work / stage1)]
-            runs[f"grpo-k{layer}"] = train(f"grpo-k{layer}", grpo, work, init, args.quick, args.reuse)
+    runs = train_all(training_jobs(task, vip, grpo, args.quick), work, args)
     rows, summary = evaluate(task, work, runs, args)
     return {
         "task": name,
@@ -398,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python -m glimpserl.benchmarks.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": torch.get_num_threads(),
+        "training_threads": TRAIN_THREADS,
+        "jobs": args.jobs,
         "wall_seconds": time.perf_counter() - started,
         "tasks": tasks,
     }

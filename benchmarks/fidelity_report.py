@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 AT_PLUS = "GlimpsePrune @ GlimpsePrune+'s val keep"
+PLUS_MODE = "GlimpsePrune+ at threshold 0.5"
+"""GlimpsePrune+ keeping the tokens whose VIP probability exceeds 0.5: the mask its sampled rollouts drew most often."""
+GLIMPSES = ("GlimpsePrune", "GlimpsePrune+", PLUS_MODE)
+"""The glimpse rows the one-region comparison measures every pruner against, each at its own keep."""
 """The label of stage 1 at GlimpsePrune+'s budget (its threshold calibrated to GlimpsePrune+'s validation keep)."""
 
 
@@ -15,7 +19,10 @@ def _groups(rows: list[dict]) -> list[str]:
 
 def markdown_report(report: dict) -> str:
     """One section a task."""
-    sections = [f"{report['threads']} threads; {report['command']}"]
+    sections = [
+        f"{report['threads']} threads (training: {report['jobs']} runs at a time, {report['training_threads']} thread"
+        f" each); {report['command']}"
+    ]
     for name, task in report["tasks"].items():
         sections += [f"## Task {name}", markdown_table(task, report["threads"])]
         if task.get("one_region"):
@@ -68,12 +75,12 @@ def markdown_table(report: dict, threads: int) -> str:
 
 
 def one_region_table(part: dict) -> str:
-    """The one-region rows alone: every pruner at a glimpse's keep on them (GlimpsePrune's, then GlimpsePrune+'s), and
-    its gap to that glimpse."""
+    """The one-region rows alone: every pruner at a glimpse's keep on them (each of GLIMPSES in turn), and its gap to
+    that glimpse."""
     rows = part["rows"]
     lines = [
         f"### One-region questions ({', '.join(part['kinds'])}; {rows[0]['scored']} test rows): every pruner at "
-        f"GlimpsePrune's (then GlimpsePrune+'s) keep ratio on them and its layer"
+        f"each glimpse's keep ratio on them ({', '.join(g for g in GLIMPSES if _pick(rows, g))}) and its layer"
         + (
             ""
             if part.get("region_share") is None
@@ -115,7 +122,7 @@ def summary_lines(report: dict) -> list[str]:
     ]
     for row in same:
         lines.append(f"  at the same layer and keep ratio, {row['label']}: {row['metric']:.3f}")
-    for label in ("GlimpsePrune (KL only)", "GlimpsePrune+"):
+    for label in ("GlimpsePrune (KL only)", "GlimpsePrune+", PLUS_MODE):
         row = _pick(rows, label)
         if row is not None:
             lines.append(
@@ -144,7 +151,7 @@ def summary_lines(report: dict) -> list[str]:
     part = report.get("one_region")
     if part:
         many = [g for g in _groups(rows) if g not in part["kinds"]]
-        for label in ("GlimpsePrune", "GlimpsePrune+"):
+        for label in GLIMPSES:
             row, mine = _pick(rows, label), _pick(part["rows"], label)
             if row is None or mine is None:
                 continue

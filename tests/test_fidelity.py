@@ -7,7 +7,7 @@ import json
 import pytest
 
 from glimpserl.benchmarks import fidelity
-from glimpserl.benchmarks.fidelity_report import AT_PLUS
+from glimpserl.benchmarks.fidelity_report import AT_PLUS, GLIMPSES, PLUS_MODE
 
 
 @pytest.mark.slow
@@ -35,6 +35,9 @@ def _check_task(name: str, report: dict, work) -> None:
     at_plus = [row for row in report["rows"] if row["label"].startswith(AT_PLUS)]
     assert len(at_plus) == 1 and at_plus[0]["family"] == "glimpse" and 0 < report["plus_val_keep"] <= 1
     assert at_plus[0]["label"] == f"{AT_PLUS} {report['plus_val_keep']:.3f}"
+    # GlimpsePrune+ also at the mask its sampled rollouts drew most often: the same weights, threshold 0.5.
+    mode = [row for row in report["rows"] if row["label"] == PLUS_MODE]
+    assert len(mode) == 1 and mode[0]["family"] == "glimpse-plus-mode" and mode[0]["threshold"] == 0.5
     for pruner in ("gprune", "fastv", "divprune", "cdpruner", "random", "downsample"):
         assert sum(row["family"] == pruner and row["layer"] != "input" for row in report["rows"]) >= 3, pruner
     assert report["test_rows"] == 16
@@ -58,7 +61,7 @@ def _check_task(name: str, report: dict, work) -> None:
         assert part["kinds"] == ["colour"] and part["region_share"] == pytest.approx(4 / 81)
         assert [row["label"] for row in part["rows"][:2]] == ["unpruned", "GlimpsePrune"]
         pruners = {"gprune", "fastv", "divprune", "cdpruner", "random", "downsample"}
-        for glimpse in ("GlimpsePrune", "GlimpsePrune+"):
+        for glimpse in GLIMPSES:
             keep = next(row["keep_ratio"] for row in part["rows"] if row["label"] == glimpse)
             others = [row for row in part["rows"] if row.get("versus") == glimpse]
             assert {row["family"] for row in others} == pruners
@@ -116,3 +119,86 @@ def test_one_region_comparison_without_such_rows_names_the_kinds():
     evaluator = fidelity.Evaluator(None, [{"kind": "majority"}])
     with pytest.raises(RuntimeError, match="the test split has no rows of kind colour for the one-region comparison"):
         fidelity.one_region(None, None, evaluator, ("colour",), "1", None)
+
+
+def test_training_jobs_list_each_run_before_those_that_start_from_it():
+    task = fidelity.TASKS["shapes"]
+    vip, grpo = task.recipes / "vip.yaml", task.recipes / "grpo.yaml"
+    jobs = fidelity.training_jobs(task, vip, grpo, quick=False)
+    names = [job.name for job in jobs]
+    k = fidelity.recipe_layer(vip)
+    others = [layer for layer in task.layers if layer != k]
+    expected = {"vip-box", "vip-kl", "vip-kl-bias", "grpo"} | {
+        f"{s}-k{layer}" for s in ("vip-box", "grpo") for layer in others
+    }
+    assert set(names) == expected and len(names) == len(expected)
+    for job in jobs:
+        if job.name.startswith("grpo"):
+            assert job.recipe == grpo and job.after == job.name.replace("grpo", "vip-box")
+            assert names.index(job.after) < names.index(job.name)
+        else:
+            assert job.recipe == vip and job.after is None
+    assert next(job for job in jobs if job.name == "vip-box-k0").overrides == ("--glimpse_layer", "0")
+
+
+def _fake_training(monkeypatch, fail: str | None = None):
+    """Replace the subprocess with a short sleep that logs when each run starts and ends."""
+    import threading
+    import time
+
+    events, lock = [], threading.Lock()
+
+    def train(job, work, quick, reuse):
+        with lock:
+            events.append(("start", job.name))
+        time.sleep(0.05 if job.name.startswith("b") else 0.01)
+        if job.name == fail:
+            raise RuntimeError(f"stage {job.name} failed")
+        with lock:
+            events.append(("end", job.name))
+        return {"seconds": 0.0, "name": job.name}
+
+    monkeypatch.setattr(fidelity, "train", train)
+    return events
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_train_all_runs_jobs_at_a_time_and_waits_for_the_run_a_job_starts_from(tmp_path, monkeypatch, jobs):
+    from argparse import Namespace
+
+    events = _fake_training(monkeypatch)
+    plan = [fidelity.TrainJob(n, tmp_path) for n in ("b1", "b2", "a3")]
+    plan += [fidelity.TrainJob("c1", tmp_path, after="b1"), fidelity.TrainJob("c2", tmp_path, after="b2")]
+    results = fidelity.train_all(plan, tmp_path, Namespace(jobs=jobs, quick=True, reuse=False))
+    assert list(results) == ["b1", "b2", "a3", "c1", "c2"] and results["c2"]["name"] == "c2"
+    for child, parent in (("c1", "b1"), ("c2", "b2")):
+        assert events.index(("end", parent)) < events.index(("start", child))
+    running, most = 0, 0
+    for kind, _ in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == jobs
+
+
+def test_train_all_stops_at_a_failure_and_never_starts_what_depends_on_it(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    events = _fake_training(monkeypatch, fail="b1")
+    plan = [fidelity.TrainJob("b1", tmp_path), fidelity.TrainJob("c1", tmp_path, after="b1")]
+    with pytest.raises(RuntimeError, match="stage b1 failed"):
+        fidelity.train_all(plan, tmp_path, Namespace(jobs=2, quick=True, reuse=False))
+    assert ("start", "c1") not in events
+
+
+def test_train_all_refuses_a_job_listed_before_the_run_it_starts_from(tmp_path):
+    from argparse import Namespace
+
+    plan = [fidelity.TrainJob("c1", tmp_path, after="b1"), fidelity.TrainJob("b1", tmp_path)]
+    with pytest.raises(ValueError, match="training job c1 starts from b1, which is listed after it"):
+        fidelity.train_all(plan, tmp_path, Namespace(jobs=2, quick=True, reuse=False))
+
+
+def test_jobs_must_be_at_least_one(capsys):
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--jobs", "0"])
+    assert "--jobs 0: at least one training run at a time" in capsys.readouterr().err
