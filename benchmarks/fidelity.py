@@ -56,7 +56,14 @@ from pathlib import Path
 
 import torch
 
-from glimpserl.benchmarks.fidelity_report import AT_PLUS, PLUS_MODE, markdown_report, plot, summary_lines
+from glimpserl.benchmarks.fidelity_report import (
+    AT_PLUS,
+    MODE_THRESHOLD,
+    PLUS_MODE,
+    markdown_report,
+    plot,
+    summary_lines,
+)
 from glimpserl.rl.data.synth import places
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -91,9 +98,6 @@ GLIMPSE_POINTS = (0.3, 0.5, 0.9, 2.0, 4.0)
 SELECTORS = ("gprune", "fastv", "divprune", "cdpruner", "random")
 NATIVE = {"gprune": "input", "divprune": "input", "cdpruner": "input", "fastv": "0"}
 """Where each training-free method prunes in its own publication: before the LLM, or FastV after an early layer."""
-MODE_THRESHOLD = 0.5
-"""GlimpsePrune+'s second operating point: a stage-2 rollout keeps each token with its VIP probability, so the mask
-it samples most often keeps those above 0.5 (the first is stage 1's calibrated threshold, which the run inherits)."""
 BIAS_ONLY = ["--box_weight", "0", "--relaxation", "straight_through_bias"]
 TRAIN_THREADS = 1
 """torch threads of each training run: fixed, so a run's trajectory does not depend on the machine's cores or on

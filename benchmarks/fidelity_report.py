@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 AT_PLUS = "GlimpsePrune @ GlimpsePrune+'s val keep"
-PLUS_MODE = "GlimpsePrune+ at threshold 0.5"
-"""GlimpsePrune+ keeping the tokens whose VIP probability exceeds 0.5: the mask its sampled rollouts drew most often."""
+"""The label of stage 1 at GlimpsePrune+'s budget (its threshold calibrated to GlimpsePrune+'s validation keep)."""
+MODE_THRESHOLD = 0.5
+"""GlimpsePrune+'s second operating point: a stage-2 rollout keeps each token with its VIP probability, so the mask
+it samples most often keeps those above 0.5 (the first is stage 1's calibrated threshold, which the run inherits)."""
+PLUS_MODE = f"GlimpsePrune+ at threshold {MODE_THRESHOLD:g}"
+"""The label of GlimpsePrune+ at MODE_THRESHOLD."""
 GLIMPSES = ("GlimpsePrune", "GlimpsePrune+", PLUS_MODE)
 """The glimpse rows the one-region comparison measures every pruner against, each at its own keep."""
-"""The label of stage 1 at GlimpsePrune+'s budget (its threshold calibrated to GlimpsePrune+'s validation keep)."""
 
 
 def _groups(rows: list[dict]) -> list[str]:
