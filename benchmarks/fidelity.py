@@ -15,7 +15,8 @@ For each task this command reruns the method on its model and writes one table:
    calibrating its deployment threshold on the validation split to the recipe's keep ratio; and, on the shapes task,
    KL-only with the straight-through gradient taken through the additive bias (--relaxation straight_through_bias),
    for contrast;
-2. stage 2, GlimpsePrune+ (RECIPES/grpo.yaml, starting from the box-supervised glimpse);
+2. stage 2, GlimpsePrune+ (RECIPES/grpo.yaml, starting from the box-supervised glimpse), and again at each further
+   seed the task lists (stage 2 moves between seeds: the spread beside the run of record);
 3. every arm on the test split: unpruned; GlimpsePrune at its deployment threshold and at other operating points
    (thresholds calibrated on the validation split to other keep ratios, and to GlimpsePrune+'s validation keep, so
    the two stages meet at one budget); KL-only GlimpsePrune; GlimpsePrune+ at stage 1's threshold and at 0.5 (the
@@ -25,7 +26,8 @@ For each task this command reruns the method on its model and writes one table:
    downsampling on smaller images);
 4. where the task has one-region question kinds: on those rows alone, GlimpsePrune and then both GlimpsePrune+ rows,
    each against every training-free pruner at that glimpse's own keep ratio on them and at its layer K (the
-   question, not the image, has to say which region: a pruner that does not read it keeps the wrong object);
+   question, not the image, has to say which region: a pruner that does not read it keeps the wrong object), and the
+   glimpse rows' answers and kept tokens by the attribute the task names (where the misses are);
 5. the K sweep: stage 1 and GlimpsePrune+ retrained with the glimpse at every layer K the task lists, beside the
    (K+1)/L bound of the decoder's prefill work (how early can it cut?).
 
@@ -52,6 +54,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,6 +65,7 @@ from glimpserl.benchmarks.fidelity_report import (
     PLUS_MODE,
     markdown_report,
     plot,
+    plus_seed_label,
     summary_lines,
 )
 from glimpserl.rl.data.synth import places
@@ -72,14 +76,18 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """One task of the reproduction: its recipes (vip.yaml, grpo.yaml), the layers K of the sweep (empty = none),
-    whether it trains the KL-only contrast with the gradient through the additive bias, and the question kinds whose
-    answer lives in one region (empty = no one-region comparison) and that region's share of the visual tokens."""
+    whether it trains the KL-only contrast with the gradient through the additive bias, the question kinds whose
+    answer lives in one region (empty = no one-region comparison) and that region's share of the visual tokens, the
+    stage-2 seeds trained besides the recipe's, and what to break the one-region rows down by (a function of a row's
+    answer; None = no breakdown)."""
 
     recipes: Path
     layers: tuple[int, ...] = ()
     bias_contrast: bool = False
     one_region: tuple[str, ...] = ()
     region_share: float | None = None
+    plus_seeds: tuple[int, ...] = ()
+    one_region_attribute: Callable[[str], str] | None = None
 
 
 TASKS = {
@@ -89,6 +97,8 @@ TASKS = {
         layers=(0, 1, 2),
         one_region=("colour",),
         region_share=places.CELLS**2 / (places.GRID * places.PLACE) ** 2,
+        plus_seeds=(1,),
+        one_region_attribute=places.asked_colour,
     ),
 }
 OTHER_RATIOS = (0.25, 0.5)
@@ -250,12 +260,14 @@ def _prior(run: Path, samples) -> float:
 
 
 class Evaluator:
-    """Runs arms over the same test rows with one model at a time; remembers the unpruned prefill time."""
+    """Runs arms over the same test rows with one model at a time; remembers the unpruned prefill time. With an
+    `attribute` (a function of a row's answer), each row also gets its exact match and kept tokens by that attribute."""
 
-    def __init__(self, settings, samples):
+    def __init__(self, settings, samples, attribute: Callable[[str], str] | None = None):
         from glimpserl.rewards import build_reward
 
         self.settings, self.samples, self.reward = settings, samples, build_reward("exact_match")
+        self.attribute = attribute
         self.batches = None
         """Every arm's rows and inputs (made by the first arm): each batch is loaded and encoded once for the table."""
         self.results: list[dict] = []
@@ -285,11 +297,31 @@ class Evaluator:
         finally:
             module.config = saved
         row.update(label=label, family=family, layer=layer, threshold=threshold)
-        row.pop("per_sample")
+        records = row.pop("per_sample")
+        if self.attribute is not None:
+            row["by_attribute"] = by_attribute(records, self.samples, self.attribute)
         self.results.append(row)
         kinds = "  ".join(f"{g} {v:.3f}" for g, v in row["metric_by_group"].items())
         print(f"  {label:<40} exact match {row['metric']:.3f}  keep {row['keep_ratio']:.3f}  {kinds}", flush=True)
         return row
+
+
+def by_attribute(records: list[dict], samples, attribute: Callable[[str], str]) -> dict:
+    """{value: {rows, exact match, kept tokens}} over `records` (an arm's per-sample results), by `attribute` of each
+    row's first reference answer, in sorted order of the values."""
+    answers = {sample["source_row"]: sample["answer"] for sample in samples}
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        answer = answers[record["row"]]
+        groups.setdefault(attribute(answer[0] if isinstance(answer, list) else answer), []).append(record)
+    return {
+        value: {
+            "rows": len(group),
+            "metric": sum(r["score"] for r in group) / len(group),
+            "kept_tokens": sum(r["kept_tokens"] for r in group) / len(group),
+        }
+        for value, group in sorted(groups.items())
+    }
 
 
 def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], dict]:
@@ -327,13 +359,19 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
                 spec = f"{name}@{NATIVE[name]}"
                 evaluator.run(model, processor, pruner_setup(spec, keep, seed=0), spec, name, NATIVE[name])
     plus_model = load_eval_model(_run_settings(plus, args.batch_size, args.eval_rows))
+    seeded = {
+        seed: load_eval_model(_run_settings(work / f"grpo-seed{seed}", args.batch_size, args.eval_rows))
+        for seed in task.plus_seeds
+    }
     # Stage 1 at GlimpsePrune+'s budget: the threshold whose validation keep equals GlimpsePrune+'s validation keep.
     summary["plus_val_keep"] = validation_keep(*plus_model, val, args.batch_size)
     point = calibrate_threshold(model, processor, val, summary["plus_val_keep"], batch_size=args.batch_size)
     label = f"{AT_PLUS} {summary['plus_val_keep']:.3f}"
     evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse", str(k), point["threshold"])
     if task.one_region:
-        summary["one_region"] = one_region(model, processor, evaluator, task.one_region, str(k), plus_model)
+        summary["one_region"] = one_region(
+            model, processor, evaluator, task.one_region, str(k), plus_model, seeded, task.one_region_attribute
+        )
         summary["one_region"]["region_share"] = task.region_share
     model, processor = load_eval_model(_settings(kl, "test", args.eval_rows, args.batch_size))
     evaluator.run(model, processor, PrunerSetup("glimpse"), "GlimpsePrune (KL only)", "glimpse-kl", str(k))
@@ -343,6 +381,8 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
         evaluator.run(model, processor, PrunerSetup("glimpse"), label, "glimpse-kl-bias", str(k))
     plus_row = evaluator.run(*plus_model, PrunerSetup("glimpse"), "GlimpsePrune+", "glimpse-plus", str(k))
     evaluator.run(*plus_model, PrunerSetup("glimpse"), PLUS_MODE, "glimpse-plus-mode", str(k), MODE_THRESHOLD)
+    for seed, runs_on in seeded.items():
+        evaluator.run(*runs_on, PrunerSetup("glimpse"), plus_seed_label(seed), "glimpse-plus-seed", str(k))
     for layer in sweep_layers(task, k, args.quick):
         if layer == k:  # the deployed runs, measured above on the same rows: their rows again, under the sweep's name
             for row, name, family in (
@@ -368,17 +408,28 @@ def evaluate(task: TaskSpec, work: Path, runs: dict, args) -> tuple[list[dict], 
     return evaluator.results, summary
 
 
-def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], layer: str, plus) -> dict:
+def one_region(
+    model,
+    processor,
+    evaluator: Evaluator,
+    kinds: tuple[str, ...],
+    layer: str,
+    plus,
+    seeds: dict | None = None,
+    attribute: Callable[[str], str] | None = None,
+) -> dict:
     """The one-region rows alone: unpruned, GlimpsePrune, then every training-free pruner at layer K and at the
     glimpse's mean keep ratio on these rows (the fixed budget a dynamic method spent on them); then the same for
     GlimpsePrune+ (`plus`: its model and processor) at its inherited threshold and at MODE_THRESHOLD, the pruners on
-    the base model at its keep. Each pruner row names the glimpse it is compared with (`versus`)."""
+    the base model at its keep. Each pruner row names the glimpse it is compared with (`versus`). Last, GlimpsePrune+
+    at each further stage-2 seed (`seeds`: seed -> model and processor), alone. With an `attribute`, every row is also
+    broken down by it (`Evaluator`)."""
     from glimpserl.rl.eval.arms import GROUP_COLUMN, PrunerSetup, pruner_setup
 
     samples = [row for row in evaluator.samples if row.get(GROUP_COLUMN) in kinds]
     if not samples:
         raise RuntimeError(f"the test split has no rows of kind {', '.join(kinds)} for the one-region comparison")
-    sub = Evaluator(evaluator.settings, samples)
+    sub = Evaluator(evaluator.settings, samples, attribute)
     print(f"one-region questions ({', '.join(kinds)}: {len(samples)} rows)", flush=True)
     sub.run(model, processor, PrunerSetup("none", {"glimpse_mode": "off"}), "unpruned", "unpruned", "-")
     for glimpse, family, runs_on, threshold in (
@@ -392,7 +443,12 @@ def one_region(model, processor, evaluator: Evaluator, kinds: tuple[str, ...], l
             at = "-" if name == "downsample" else layer
             row = sub.run(model, processor, pruner_setup(name, keep, seed=0), f"{name} (layer {at}){suffix}", name, at)
             row["versus"] = glimpse
-    return {"kinds": list(kinds), "rows": sub.results}
+    for seed, runs_on in (seeds or {}).items():
+        sub.run(*runs_on, PrunerSetup("glimpse"), plus_seed_label(seed), "glimpse-plus-seed", layer)
+    part = {"kinds": list(kinds), "rows": sub.results}
+    if attribute is not None:
+        part["attribute"] = attribute.__name__.replace("_", " ")
+    return part
 
 
 def _run_settings(run: Path, batch_size: int, rows: int | None):
@@ -428,7 +484,7 @@ def portable(report: dict, work: Path) -> dict:
 
 def training_jobs(task: TaskSpec, vip: Path, grpo: Path, quick: bool) -> list[TrainJob]:
     """The task's training runs: stage 1 box-supervised and KL-only (and the additive-bias contrast), stage 2 from the
-    box-supervised glimpse, then the K sweep's pairs. Stage-1 runs come first, so the stage-2 runs (which wait for
+    box-supervised glimpse (at the recipe's seed, then at each of the task's further seeds), then the K sweep's pairs. Stage-1 runs come first, so the stage-2 runs (which wait for
     theirs) fill the slots last."""
     k = recipe_layer(vip)
     others = [layer for layer in sweep_layers(task, k, quick) if layer != k]
@@ -438,6 +494,7 @@ def training_jobs(task: TaskSpec, vip: Path, grpo: Path, quick: bool) -> list[Tr
     if task.bias_contrast:  # the estimator that gives a dropped token no gradient (docs/method.md section 2.1)
         stage1.append(TrainJob("vip-kl-bias", vip, tuple(BIAS_ONLY)))
     stage2 = [TrainJob("grpo", grpo, after="vip-box")]
+    stage2 += [TrainJob(f"grpo-seed{seed}", grpo, ("--seed", str(seed)), after="vip-box") for seed in task.plus_seeds]
     stage2 += [TrainJob(f"grpo-k{layer}", grpo, after=f"vip-box-k{layer}") for layer in others]
     return stage1 + stage2
 

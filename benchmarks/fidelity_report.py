@@ -15,6 +15,15 @@ GLIMPSES = ("GlimpsePrune", "GlimpsePrune+", PLUS_MODE)
 """The glimpse rows the one-region comparison measures every pruner against, each at its own keep."""
 
 
+def plus_seed_label(seed: int) -> str:
+    """The label of GlimpsePrune+ trained again at another stage-2 seed (the row of record uses the recipe's)."""
+    return f"GlimpsePrune+, stage-2 seed {seed}"
+
+
+def _seed_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["family"] == "glimpse-plus-seed"]
+
+
 def _groups(rows: list[dict]) -> list[str]:
     """The question kinds of the task, in the order the unpruned row lists them."""
     return list(rows[0]["metric_by_group"])
@@ -30,6 +39,8 @@ def markdown_report(report: dict) -> str:
         sections += [f"## Task {name}", markdown_table(task, report["threads"])]
         if task.get("one_region"):
             sections.append(one_region_table(task["one_region"]))
+            if any("by_attribute" in row for row in task["one_region"]["rows"]):
+                sections.append(attribute_table(task["one_region"]))
     return "\n\n".join(sections)
 
 
@@ -100,6 +111,25 @@ def one_region_table(part: dict) -> str:
     return "\n".join(lines)
 
 
+def attribute_table(part: dict) -> str:
+    """The glimpse rows (and unpruned) of the one-region comparison by the attribute the task breaks them down by."""
+    rows = [r for r in part["rows"] if r["family"] == "unpruned" or r["family"].startswith("glimpse")]
+    values = list(rows[0]["by_attribute"])
+    counts = ", ".join(f"{v} {rows[0]['by_attribute'][v]['rows']}" for v in values)
+    lines = [
+        f"By {part['attribute']} (test rows: {counts}): exact match / kept tokens",
+        "",
+        "| arm | " + " | ".join(values) + " |",
+        "|---|" + "---:|" * len(values),
+    ]
+    for row in rows:
+        cells = [
+            f"{row['by_attribute'][v]['metric']:.3f} / {row['by_attribute'][v]['kept_tokens']:.1f}" for v in values
+        ]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -133,6 +163,17 @@ def summary_lines(report: dict) -> list[str]:
                 f"{_cell(row['box_recall'], '{:.3f}')} (box-supervised: {_cell(glimpse['box_recall'], '{:.3f}')})"
             )
     plus, at_plus = _pick(rows, "GlimpsePrune+"), next((r for r in rows if r["label"].startswith(AT_PLUS)), None)
+    seeds = _seed_rows(rows)
+    if plus is not None and seeds:
+        runs = [plus, *seeds]
+        lines.append(
+            f"GlimpsePrune+ over {len(runs)} stage-2 seeds (the recipe's, then "
+            + ", ".join(r["label"].rsplit(" ", 1)[-1] for r in seeds)
+            + "): exact match "
+            + " / ".join(f"{r['metric']:.3f}" for r in runs)
+            + ", keeping "
+            + " / ".join(f"{r['keep_ratio']:.3f}" for r in runs)
+        )
     if plus is not None and at_plus is not None:
         lines.append(
             f"at GlimpsePrune+'s budget (validation keep {report['plus_val_keep']:.3f}): GlimpsePrune+ "
@@ -154,7 +195,7 @@ def summary_lines(report: dict) -> list[str]:
     part = report.get("one_region")
     if part:
         many = [g for g in _groups(rows) if g not in part["kinds"]]
-        for label in GLIMPSES:
+        for label in (*GLIMPSES, *(r["label"] for r in seeds)):
             row, mine = _pick(rows, label), _pick(part["rows"], label)
             if row is None or mine is None:
                 continue
@@ -165,10 +206,11 @@ def summary_lines(report: dict) -> list[str]:
                     f"the budget follows the question: {label} keeps {on_many:.3f} on {', '.join(many)} and "
                     f"{on_one:.3f} on one-region questions ({on_many / max(on_one, 1e-9):.1f}x)"
                 )
+            versus = [f"{r['label']} {r['metric']:.3f}" for r in part["rows"] if r.get("versus") == label]
             lines.append(
                 f"one-region questions: unpruned {part['rows'][0]['metric']:.3f}, {label} {mine['metric']:.3f} at "
-                f"keep {mine['keep_ratio']:.3f}; at the same keep and layer: "
-                + ", ".join(f"{r['label']} {r['metric']:.3f}" for r in part["rows"] if r.get("versus") == label)
+                f"keep {mine['keep_ratio']:.3f}"
+                + (f"; at the same keep and layer: {', '.join(versus)}" if versus else "")
             )
     lines.append(f"wall time of this task: {report['wall_seconds'] / 60:.1f} min")
     return lines

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from glimpserl.benchmarks import fidelity
-from glimpserl.benchmarks.fidelity_report import AT_PLUS, GLIMPSES, PLUS_MODE
+from glimpserl.benchmarks.fidelity_report import AT_PLUS, GLIMPSES, PLUS_MODE, plus_seed_label
 
 
 @pytest.mark.slow
@@ -38,6 +38,12 @@ def _check_task(name: str, report: dict, work) -> None:
     # GlimpsePrune+ also at the mask its sampled rollouts drew most often: the same weights, threshold 0.5.
     mode = [row for row in report["rows"] if row["label"] == PLUS_MODE]
     assert len(mode) == 1 and mode[0]["family"] == "glimpse-plus-mode" and mode[0]["threshold"] == 0.5
+    # GlimpsePrune+ again at each further stage-2 seed, each trained from the same stage-1 glimpse.
+    seeds = fidelity.TASKS[name].plus_seeds
+    assert [row["label"] for row in report["rows"] if row["family"] == "glimpse-plus-seed"] == [
+        plus_seed_label(seed) for seed in seeds
+    ]
+    assert {run for run in report["training"] if run.startswith("grpo-seed")} == {f"grpo-seed{s}" for s in seeds}
     for pruner in ("gprune", "fastv", "divprune", "cdpruner", "random", "downsample"):
         assert sum(row["family"] == pruner and row["layer"] != "input" for row in report["rows"]) >= 3, pruner
     assert report["test_rows"] == 16
@@ -67,6 +73,14 @@ def _check_task(name: str, report: dict, work) -> None:
             assert {row["family"] for row in others} == pruners
             assert all(row["target_keep_ratio"] == pytest.approx(keep) for row in others)
         assert all(set(row["metric_by_group"]) == {"colour"} for row in part["rows"])
+        assert part["rows"][-1]["label"] == plus_seed_label(1) and "versus" not in part["rows"][-1]
+        # Every row broken down by the asked object's colour, over all its rows.
+        assert part["attribute"] == "asked colour"
+        for row in part["rows"]:
+            assert set(row["by_attribute"]) <= {"red", "green", "blue", "yellow"}
+            assert sum(v["rows"] for v in row["by_attribute"].values()) == row["scored"]
+            total = sum(v["rows"] * v["metric"] for v in row["by_attribute"].values())
+            assert total == pytest.approx(row["metric"] * row["scored"])
     else:
         assert "one_region" not in report
 
@@ -115,6 +129,46 @@ def test_one_region_lines_and_table_by_hand():
     assert "| GlimpsePrune+ | 1 | 0.030 | 0.900 | - |" in table and "| GlimpsePrune | 1 | 0.050 | 0.100 | - |" in table
 
 
+def test_further_stage2_seeds_and_the_breakdown_by_attribute_by_hand():
+    """A second stage-2 seed: its spread beside the run of record; the one-region rows by the attribute."""
+    from glimpserl.benchmarks.fidelity_report import attribute_table, summary_lines
+
+    records = [
+        {"row": 7, "score": 1.0, "kept_tokens": 4},
+        {"row": 3, "score": 0.0, "kept_tokens": 2},
+        {"row": 5, "score": 1.0, "kept_tokens": 5},
+    ]
+    samples = [{"source_row": 3, "answer": ["3 green"]}, {"source_row": 5, "answer": ["1 green"]}]
+    samples.append({"source_row": 7, "answer": "2 red"})
+    colours = fidelity.by_attribute(records, samples, lambda answer: answer.split()[-1])
+    assert list(colours) == ["green", "red"]
+    assert colours["green"] == {"rows": 2, "metric": 0.5, "kept_tokens": 3.5}
+    assert colours["red"] == {"rows": 1, "metric": 1.0, "kept_tokens": 4.0}
+
+    def row(label, family, metric, keep):
+        return {
+            "label": label, "family": family, "layer": "1", "metric": metric, "keep_ratio": keep, "kept_tokens": 1.0,
+            "visual_tokens": 81, "prefill_ratio": 1.0, "target_keep_ratio": None, "box_recall": None,
+            "metric_by_group": {"colour": metric}, "keep_ratio_by_group": {"colour": keep}, "scored": 3,
+            "by_attribute": colours,
+        }  # fmt: skip
+
+    rows = [row("unpruned", "unpruned", 1.0, 1.0), row("GlimpsePrune", "glimpse", 0.9, 0.3)]
+    rows += [row("GlimpsePrune+", "glimpse-plus", 0.8, 0.04), row(plus_seed_label(1), "glimpse-plus-seed", 0.7, 0.1)]
+    rows.append(row("divprune (layer 1)", "divprune", 0.2, 0.04))
+    part = {"kinds": ["colour"], "rows": rows, "attribute": "asked colour"}
+    text = "\n".join(summary_lines({"rows": rows[:4], "layer": 1, "wall_seconds": 6, "one_region": part}))
+    assert (
+        "GlimpsePrune+ over 2 stage-2 seeds (the recipe's, then 1): exact match 0.800 / 0.700, keeping 0.040 / 0.100"
+        in text
+    )
+    assert f"one-region questions: unpruned 1.000, {plus_seed_label(1)} 0.700 at keep 0.100\n" in text
+    table = attribute_table(part)
+    assert "By asked colour (test rows: green 2, red 1): exact match / kept tokens" in table
+    assert f"| {plus_seed_label(1)} | 0.500 / 3.5 | 1.000 / 4.0 |" in table
+    assert "divprune" not in table  # the glimpse rows and unpruned only
+
+
 def test_one_region_comparison_without_such_rows_names_the_kinds():
     evaluator = fidelity.Evaluator(None, [{"kind": "majority"}])
     with pytest.raises(RuntimeError, match="the test split has no rows of kind colour for the one-region comparison"):
@@ -139,6 +193,10 @@ def test_training_jobs_list_each_run_before_those_that_start_from_it():
         else:
             assert job.recipe == vip and job.after is None
     assert next(job for job in jobs if job.name == "vip-box-k0").overrides == ("--glimpse_layer", "0")
+    places = fidelity.TASKS["places"]
+    jobs = fidelity.training_jobs(places, places.recipes / "vip.yaml", places.recipes / "grpo.yaml", quick=False)
+    seeded = [job for job in jobs if job.name.startswith("grpo-seed")]
+    assert [(job.name, job.overrides, job.after) for job in seeded] == [("grpo-seed1", ("--seed", "1"), "vip-box")]
 
 
 def _fake_training(monkeypatch, fail: str | None = None):

@@ -119,6 +119,12 @@ def make_places_sample(
     return SynthSample(image, question, answer, kind, target, (target, *others))
 
 
+def asked_colour(answer: str) -> str:
+    """The colour an answer names: a colour answer restates the place first ("3 red"), a majority answer is the colour
+    alone."""
+    return answer.split()[-1]
+
+
 def random_object_prior(samples) -> dict:
     """Exact match of answering each question from one object of its board picked at random (the expected score of
     a model that reads some object, not the one asked about; the place it restates is in the question): overall and
@@ -126,7 +132,7 @@ def random_object_prior(samples) -> dict:
     random object scores when that object has the majority colour."""
     by_kind: dict[str, list[float]] = {}
     for sample in samples:
-        colour = sample.answer.split()[-1]  # a colour answer restates the place first
+        colour = asked_colour(sample.answer)
         share = sum(o.colour == colour for o in sample.objects) / len(sample.objects)
         by_kind.setdefault(sample.kind, []).append(share)
     every = [share for shares in by_kind.values() for share in shares]
