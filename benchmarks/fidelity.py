@@ -484,8 +484,8 @@ def portable(report: dict, work: Path) -> dict:
 
 def training_jobs(task: TaskSpec, vip: Path, grpo: Path, quick: bool) -> list[TrainJob]:
     """The task's training runs: stage 1 box-supervised and KL-only (and the additive-bias contrast), stage 2 from the
-    box-supervised glimpse (at the recipe's seed, then at each of the task's further seeds), then the K sweep's pairs. Stage-1 runs come first, so the stage-2 runs (which wait for
-    theirs) fill the slots last."""
+    box-supervised glimpse (at the recipe's seed, then at each of the task's further seeds), then the K sweep's pairs.
+    Stage-1 runs come first, so the stage-2 runs (which wait for theirs) fill the slots last."""
     k = recipe_layer(vip)
     others = [layer for layer in sweep_layers(task, k, quick) if layer != k]
     stage1 = [TrainJob("vip-box", vip)]
