@@ -309,11 +309,10 @@ class Evaluator:
 def by_attribute(records: list[dict], samples, attribute: Callable[[str], str]) -> dict:
     """{value: {rows, exact match, kept tokens}} over `records` (an arm's per-sample results), by `attribute` of each
     row's first reference answer, in sorted order of the values."""
-    answers = {sample["source_row"]: sample["answer"] for sample in samples}
+    answers = {sample["source_row"]: sample["answer"][0] for sample in samples}  # an eval row's answers: a list
     groups: dict[str, list[dict]] = {}
     for record in records:
-        answer = answers[record["row"]]
-        groups.setdefault(attribute(answer[0] if isinstance(answer, list) else answer), []).append(record)
+        groups.setdefault(attribute(answers[record["row"]]), []).append(record)
     return {
         value: {
             "rows": len(group),

@@ -139,7 +139,7 @@ def test_further_stage2_seeds_and_the_breakdown_by_attribute_by_hand():
         {"row": 5, "score": 1.0, "kept_tokens": 5},
     ]
     samples = [{"source_row": 3, "answer": ["3 green"]}, {"source_row": 5, "answer": ["1 green"]}]
-    samples.append({"source_row": 7, "answer": "2 red"})
+    samples.append({"source_row": 7, "answer": ["2 red", "2 crimson"]})  # the first reference answer counts
     colours = fidelity.by_attribute(records, samples, lambda answer: answer.split()[-1])
     assert list(colours) == ["green", "red"]
     assert colours["green"] == {"rows": 2, "metric": 0.5, "kept_tokens": 3.5}
