@@ -90,6 +90,7 @@ OWN_FIELDS = {
         "box_dice_weight",
         "box_bce_weight",
         "box_pos_weight",
+        "box_focal_gamma",
         "lm_weight",
         "relaxation",
         "relaxation_temperature",

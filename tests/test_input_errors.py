@@ -99,6 +99,12 @@ RECIPE_ERRORS = [
         ["vip.yaml: per_device_train_batch_size must be >= 1, got -1"],
     ),
     (
+        "negative focal exponent",
+        "vip",
+        _replace("sparsity: target", "sparsity: target\nbox_focal_gamma: -2"),
+        ["vip.yaml: box_focal_gamma must be >= 0, got -2"],
+    ),
+    (
         "no model",
         "vip",
         _replace("model_name_or_path: builtin:tiny-qwen2_5_vl\n", ""),

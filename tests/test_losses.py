@@ -51,6 +51,22 @@ def test_dice_bce_by_hand():
     assert weighted == pytest.approx(2 * math.log(2), abs=1e-6)
 
 
+def test_dice_bce_focal_by_hand():
+    # Box cell at p = sigmoid(2) (nearly right), background cell at p = sigmoid(1) (wrong): gamma 2 weighs each cell's
+    # BCE by (1 - p_true)^2, so the wrong cell dominates; pos_weight still multiplies the box cell.
+    logits = torch.tensor([2.0, 1.0])
+    target = torch.tensor([1.0, 0.0])
+    p_box, p_bg = torch.sigmoid(logits).tolist()
+    box_term = 3.0 * (1 - p_box) ** 2 * -math.log(p_box)
+    bg_term = p_bg**2 * -math.log(1 - p_bg)
+    focal = losses.dice_bce(logits, target, 0.0, 1.0, pos_weight=3.0, focal_gamma=2.0).item()
+    assert focal == pytest.approx((box_term + bg_term) / 2, abs=1e-6)
+    assert bg_term > 10 * box_term
+    assert losses.dice_bce(logits, target, 1.0, 0.1, 3.0, focal_gamma=0.0).item() == pytest.approx(
+        losses.dice_bce(logits, target, 1.0, 0.1, 3.0).item()
+    )
+
+
 def test_straight_through_is_hard_in_value_and_soft_in_gradient():
     logits = torch.tensor([[4.0, -4.0, 0.3]], requires_grad=True)
     for relaxation, dropped in (("straight_through", math.log(losses.MASK_FLOOR)), ("straight_through_bias", -1e4)):

@@ -89,6 +89,25 @@ def test_box_pos_weight_reaches_the_box_loss(synth_dir, tmp_path):
     assert first[4.0] > first[1.0] + 0.01
 
 
+def test_box_focal_gamma_reaches_the_box_loss(synth_dir, tmp_path):
+    """A focal exponent scales every cell's BCE by (1 - p_true)^gamma < 1, so the first step's box loss (same
+    initialisation) shrinks with it."""
+    first = {}
+    for gamma in (0.0, 2.0):
+        torch.manual_seed(0)
+        trainer = _trainer(
+            synth_dir,
+            tmp_path / f"fg{gamma}",
+            max_steps=1,
+            box_dice_weight=0.0,
+            box_bce_weight=1.0,
+            box_focal_gamma=gamma,
+        )
+        trainer.train()
+        first[gamma] = trainer.state.log_history[0]["loss_box"]
+    assert 0 < first[2.0] < 0.9 * first[0.0]
+
+
 def test_shared_and_separate_teacher_train_the_same_glimpse(synth_dir, tmp_path):
     """The teacher inside the student's forward gives the separate vanilla forward's losses step for step (float
     rounding apart), so the glimpse trains the same either way; and it runs the vision encoder once a step, not twice."""

@@ -38,7 +38,15 @@ AT_LEAST_ONE = (
     "synth_image_size",
 )
 POSITIVE = ("learning_rate", "temperature", "num_train_epochs", "logging_steps", "save_steps")
-NON_NEGATIVE = ("weight_decay", "beta", "warmup_steps", "max_grad_norm", "lora_dropout", "dataloader_num_workers")
+NON_NEGATIVE = (
+    "weight_decay",
+    "beta",
+    "warmup_steps",
+    "max_grad_norm",
+    "lora_dropout",
+    "dataloader_num_workers",
+    "box_focal_gamma",
+)
 MAPPING_LIST_KEYS = ("rewards",)
 """Typed list[str] for the command line; a recipe may also give mappings in the list, checked by their own builder."""
 BUILTIN = "builtin:"

@@ -152,6 +152,13 @@ class VIPTrainingConfig(AnswerArguments, HeldOutArguments, SynthArguments, Sched
     box_pos_weight: float = field(
         default=1.0, metadata={"help": "BCE weight of box cells vs other cells (> 1 favours recall)."}
     )
+    box_focal_gamma: float = field(
+        default=0.0,
+        metadata={
+            "help": "Focal exponent of the box BCE: each cell's term times (1 - p_true)^gamma, so cells the VIP already "
+            "scores right weigh little and hard ones (a faint object's cells) dominate; 0 = plain BCE."
+        },
+    )
     lm_weight: float = field(default=0.0, metadata={"help": "Weight of the pruned student's answer cross-entropy."})
     relaxation: Literal["straight_through", "straight_through_bias", "gumbel", "sigmoid"] = field(
         default="straight_through",

@@ -133,16 +133,27 @@ def box_targets(boxes: list[list[float]], image_size: tuple[int, int], grid: tup
 
 
 def dice_bce(
-    logits: torch.Tensor, target: torch.Tensor, dice_weight: float, bce_weight: float, pos_weight: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice_weight: float,
+    bce_weight: float,
+    pos_weight: float = 1.0,
+    focal_gamma: float = 0.0,
 ) -> torch.Tensor:
     """Dice loss on sigmoid(logits) plus weighted binary cross-entropy, over one image's tokens (flat tensors).
 
-    pos_weight > 1 weighs missed box cells more than extra kept ones (box cells are a small minority).
+    pos_weight > 1 weighs missed box cells more than extra kept ones (box cells are a small minority). focal_gamma > 0
+    scales each cell's cross-entropy by (1 - p_t)^gamma, p_t the probability given to its true label (a focal loss):
+    cells already scored right add almost nothing, so the term follows the cells still scored wrong.
     """
     prob = torch.sigmoid(logits.float())
     dice = 1.0 - (2.0 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
     weight = torch.tensor(pos_weight, device=logits.device)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight)
+    reduction = "mean" if focal_gamma == 0 else "none"
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight, reduction=reduction)
+    if focal_gamma != 0:
+        p_true = torch.where(target > 0.5, prob, 1.0 - prob)
+        bce = ((1.0 - p_true) ** focal_gamma * bce).mean()
     return dice_weight * dice + bce_weight * bce
 
 

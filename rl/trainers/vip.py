@@ -92,7 +92,12 @@ class VIPTrainer(GlimpseCheckpointMixin, SFTTrainer):
             logits = result.image_values(result.logits, b)[0]
             target = losses.box_targets(boxes, sizes[0], tuple(logits.shape)).to(logits.device)
             total = total + losses.dice_bce(
-                logits.flatten(), target.flatten(), args.box_dice_weight, args.box_bce_weight, args.box_pos_weight
+                logits.flatten(),
+                target.flatten(),
+                args.box_dice_weight,
+                args.box_bce_weight,
+                args.box_pos_weight,
+                args.box_focal_gamma,
             )
             count += 1
             r, p = losses.recall_precision(torch.sigmoid(logits.detach().float()) > threshold, target)
