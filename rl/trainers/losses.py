@@ -149,6 +149,8 @@ def dice_bce(
     prob = torch.sigmoid(logits.float())
     dice = 1.0 - (2.0 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
     weight = torch.tensor(pos_weight, device=logits.device)
+    # At gamma 0, torch's own mean reduction: its gradient differs from that of an elementwise loss's mean in the last
+    # bits, and the recipes of record trained on it (one-thread training reruns bit for bit).
     reduction = "mean" if focal_gamma == 0 else "none"
     bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=weight, reduction=reduction)
     if focal_gamma != 0:
